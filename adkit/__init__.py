@@ -1,0 +1,3 @@
+"""adkit: Algorithm Distillation research kit."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,46 @@
+"""``adkit collect``: run a source algorithm on every task and write its learning histories."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+
+from adkit import envs
+from adkit.config import Config, dump_config
+from adkit.histories import Histories, save
+from adkit.sources import make_learner, record
+
+
+def collect(cfg: Config, progress: bool = True) -> Histories:
+    """Histories of ``cfg.collect.source`` on all tasks of ``cfg.env`` (train and test).
+
+    Test tasks are collected too: their source curves are the baseline that the
+    in-context evaluation is compared with. All tasks x streams run in one
+    batched vector env.
+    """
+    c = cfg.collect
+    tasks = np.array(envs.task_list(cfg.env.name), dtype=np.int64)  # (n_tasks, task_dim)
+    env = envs.make(cfg.env.name, tasks, streams=c.streams)
+    learner = make_learner(env, c)
+    arrays = record(env, learner, c.steps, seed=c.seed, progress=progress, desc=f"collect {c.source}")
+    shape = (len(tasks), c.streams)
+    arrays = {k: v.reshape(shape + v.shape[1:]) for k, v in arrays.items()}  # (n_tasks, n_streams, steps, ...)
+    return Histories(env=envs.spec(cfg.env.name).name, source=c.source, tasks=tasks, seed=c.seed,
+                     config=dump_config(cfg), **arrays)
+
+
+def default_path(cfg: Config) -> Path:
+    """Where a profile's histories live by default: ``data/{profile}-{env}-{source}.h5``."""
+    return Path("data") / f"{cfg.profile}-{envs.spec(cfg.env.name).name}-{cfg.collect.source}.h5"
+
+
+def collect_to_file(cfg: Config, path: str | Path | None = None, progress: bool = True) -> tuple[Path, float]:
+    """Collect and save atomically; returns the path and the seconds spent collecting."""
+    path = Path(path) if path else default_path(cfg)
+    t0 = time.perf_counter()
+    h = collect(cfg, progress=progress)
+    seconds = time.perf_counter() - t0
+    save(h, path)
+    return path, seconds

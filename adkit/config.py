@@ -1,0 +1,190 @@
+"""Run configuration: one YAML file, nested dataclasses, every field documented here.
+
+A profile (``config/profiles/*.yaml``) sets only what differs from the defaults
+below. Unknown keys are an error, so a typo never silently falls back to a default.
+
+>>> cfg = load_config("config/profiles/quick.yaml")
+>>> cfg.model.n_transit, cfg.collect.source
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from adkit.model import ModelConfig
+
+PROFILE_DIR = Path(__file__).resolve().parent.parent / "config" / "profiles"
+
+
+@dataclass
+class EnvConfig:
+    name: str = "darkroom"  # task family: darkroom, darkroom-hard, darkroom-permuted, key-to-door
+    split_seed: int = 0  # seed of the published train/test task split
+    train_ratio: float = 0.9  # share of tasks used for training (the rest are held out)
+
+
+@dataclass
+class PPOConfig:
+    """PPO as the published AD data uses it (stable-baselines3 defaults, DICP rollout sizes)."""
+
+    lr: float = 3e-4  # Adam learning rate
+    n_steps: int = 20  # steps per stream between updates (one Darkroom episode)
+    batch_size: int = 50  # minibatch size per task
+    n_epochs: int = 20  # passes over each rollout
+    gamma: float = 0.99  # discount
+    gae_lambda: float = 0.95  # GAE lambda
+    clip_range: float = 0.2  # PPO ratio clip
+    ent_coef: float = 0.0  # entropy bonus
+    vf_coef: float = 0.5  # value-loss weight
+    max_grad_norm: float = 0.5  # gradient clipping (per task)
+    hidden: int = 64  # width of the two tanh hidden layers (separate policy and value nets)
+
+
+@dataclass
+class QLearningConfig:
+    lr: float = 0.5  # tabular step size
+    gamma: float = 0.9  # discount
+    eps_start: float = 1.0  # epsilon-greedy exploration at the first step
+    eps_end: float = 0.05  # ... annealed linearly to this at the last step
+    optimistic_init: float = 0.0  # initial Q-value of every (state, action)
+
+
+@dataclass
+class NoiseConfig:
+    eps_start: float = 1.0  # probability of a uniform-random action at the first episode
+    eps_end: float = 0.0  # ... annealed linearly to this at the last episode
+    anneal_fraction: float = 1.0  # share of the history over which the noise is annealed
+
+
+@dataclass
+class CollectConfig:
+    source: str = "ppo"  # learning algorithm whose histories are distilled: ppo, qlearning, noise
+    streams: int = 100  # independent learning streams per task
+    steps: int = 1000  # environment steps per stream (Darkroom: 50 episodes of 20)
+    seed: int = 0  # seed of the source algorithm (networks, exploration)
+    ppo: PPOConfig = field(default_factory=PPOConfig)
+    qlearning: QLearningConfig = field(default_factory=QLearningConfig)
+    noise: NoiseConfig = field(default_factory=NoiseConfig)
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 3000  # optimiser steps
+    batch_size: int = 64  # sequences per step (per process under torchrun)
+    seq_len: int = 0  # transitions per training sequence; 0 means 2 * n_transit
+    loss: str = "all"  # "all": an action target at every position; "last": last position only (DICP)
+    lr: float = 1e-3  # peak AdamW learning rate
+    weight_decay: float = 0.01  # AdamW weight decay (matrices only)
+    betas: tuple[float, float] = (0.9, 0.99)  # AdamW betas
+    warmup_steps: int = 100  # linear warm-up before the cosine decay
+    min_lr_ratio: float = 0.1  # final learning rate as a share of the peak
+    grad_clip: float = 1.0  # max global gradient norm
+    label_smoothing: float = 0.0  # cross-entropy label smoothing
+    val_every: int = 250  # steps between validation passes and checkpoints
+    val_batches: int = 4  # batches per validation pass (held-out streams of train tasks)
+    val_streams: float = 0.05  # share of each train task's streams kept for validation
+    seed: int = 0  # seed of initialisation and batch sampling
+    threads: int = 0  # torch threads; 0 keeps torch's default
+
+
+@dataclass
+class EvalConfig:
+    episodes: int = 50  # in-context episodes per task (DICP: 50)
+    seeds: int = 3  # evaluation seeds (streams) per held-out task
+    greedy: bool = False  # argmax actions instead of sampling (DICP samples)
+    batch_tasks: str = "test"  # which tasks to evaluate: test, train or all
+
+
+@dataclass
+class Config:
+    env: EnvConfig = field(default_factory=EnvConfig)
+    collect: CollectConfig = field(default_factory=CollectConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    profile: str = "custom"  # name of the profile this config came from
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _build(cls, data: dict, where: str):
+    """Build dataclass ``cls`` from a mapping, recursing into nested dataclasses."""
+    if not isinstance(data, dict):
+        raise ValueError(f"config section {where or '<root>'} must be a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ValueError(f"unknown config key(s) {unknown} in {where or '<root>'}; known: {sorted(known)}")
+    kwargs = {}
+    for name, value in data.items():
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint):
+            kwargs[name] = _build(hint, value, f"{where}.{name}".strip("."))
+        elif typing.get_origin(hint) is tuple or hint is tuple:
+            kwargs[name] = tuple(value)
+        elif hint in (int, float, bool, str) and not isinstance(value, hint):
+            if hint is float and isinstance(value, int) and not isinstance(value, bool):
+                value = float(value)
+            else:
+                raise ValueError(f"config {where}.{name} must be {hint.__name__}, got {value!r}".replace(" .", " "))
+            kwargs[name] = value
+        else:
+            kwargs[name] = value
+    return cls(**kwargs)
+
+
+def from_dict(data: dict) -> Config:
+    """A :class:`Config` from a (possibly partial) nested mapping."""
+    return _build(Config, data or {}, "")
+
+
+def resolve_profile(path_or_name: str | Path) -> Path:
+    """A config path, or a profile name (``quick``, ``paper``, ``tiny``) from ``config/profiles``."""
+    p = Path(path_or_name)
+    if p.suffix in (".yaml", ".yml"):
+        if not p.exists():
+            raise FileNotFoundError(f"config file not found: {p}")
+        return p
+    candidate = PROFILE_DIR / f"{p.name}.yaml"
+    if not candidate.exists():
+        names = sorted(q.stem for q in PROFILE_DIR.glob("*.yaml"))
+        raise FileNotFoundError(f"no profile {str(path_or_name)!r}; profiles: {names} (or pass a .yaml path)")
+    return candidate
+
+
+def load_config(path_or_name: str | Path, overrides: dict | None = None) -> Config:
+    """Load a YAML config (or a named profile) and apply nested ``overrides``."""
+    path = resolve_profile(path_or_name)
+    data = yaml.safe_load(path.read_text()) or {}
+    data.setdefault("profile", path.stem)
+    _merge(data, overrides or {})
+    return from_dict(data)
+
+
+def _merge(base: dict, extra: dict) -> None:
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            _merge(base[key], value)
+        else:
+            base[key] = value
+
+
+def dump_config(cfg: Config) -> str:
+    """The resolved config as YAML (tuples as lists)."""
+    return yaml.safe_dump(_plain(cfg.to_dict()), sort_keys=False)
+
+
+def _plain(x):
+    if isinstance(x, dict):
+        return {k: _plain(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_plain(v) for v in x]
+    return x
+

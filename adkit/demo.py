@@ -1,0 +1,65 @@
+"""``adkit demo`` / ``make demo``: the five notebooks headless, then a one-page report."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+from adkit.config import load_config
+from adkit.io import write_text
+from adkit.pipeline import run_dir_for
+
+ROOT = Path(__file__).resolve().parent.parent
+NOTEBOOKS = ("01_train", "02_extract_attention", "03_metrics", "04_compressors", "05_retrain_eval")
+
+
+def execute(name: str, run: Path, params: dict, timeout: int = 1800) -> Path:
+    """Run one notebook through papermill; the executed copy goes to ``run/notebooks``."""
+    import papermill as pm
+
+    out = run / "notebooks" / f"{name}.ipynb"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    pm.execute_notebook(str(ROOT / "notebooks" / f"{name}.ipynb"), str(out), parameters=params,
+                        cwd=str(ROOT), kernel_name="python3", execution_timeout=timeout, progress_bar=False)
+    return out
+
+
+def report(run: Path, figs: Path, timings: dict[str, float]) -> Path:
+    """``figs/REPORT.md``: headline numbers and links to the figures of this run."""
+    import pandas as pd
+
+    figs.mkdir(parents=True, exist_ok=True)
+    lines = [f"# adkit report: {run}", ""]
+    curve = run / "eval" / "returns.png"
+    if curve.exists():
+        shutil.copy(curve, figs / "incontext_returns.png")
+        df = pd.read_csv(run / "eval" / "returns.csv")
+        per_ep = df.groupby("episode")[["return", "optimal"]].mean()
+        last = per_ep.tail(10)
+        lines += ["## In-context learning on held-out tasks", "",
+                  f"- first episode: {per_ep['return'].iloc[0]:.2f} "
+                  f"({per_ep['return'].iloc[0] / per_ep['optimal'].iloc[0]:.0%} of optimal)",
+                  f"- last 10 episodes: {last['return'].mean():.2f} of {last['optimal'].mean():.2f} "
+                  f"({last['return'].mean() / last['optimal'].mean():.0%} of optimal)", "",
+                  "![in-context return](incontext_returns.png)", ""]
+    lines += ["## Notebooks", "", "| notebook | seconds | executed copy |", "|---|---|---|"]
+    lines += [f"| {n} | {s:.0f} | `{run / 'notebooks' / (n + '.ipynb')}` |" for n, s in timings.items()]
+    path = figs / "REPORT.md"
+    write_text(path, "\n".join(lines) + "\n")
+    return path
+
+
+def run_demo(profile: str = "quick", run_dir: str | None = None) -> int:
+    cfg = load_config(profile)
+    run = run_dir_for(cfg, run_dir)
+    timings = {}
+    for name in NOTEBOOKS:
+        t0 = time.perf_counter()
+        print(f"[demo] {name} ...", flush=True)
+        execute(name, run, {"profile": profile, "run_dir": str(run)})
+        timings[name] = time.perf_counter() - t0
+        print(f"[demo] {name} done in {timings[name]:.0f} s", flush=True)
+    path = report(run, ROOT / "figs", timings)
+    print(f"[demo] report: {path}")
+    return 0

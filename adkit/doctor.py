@@ -1,0 +1,50 @@
+"""``adkit doctor``: is everything in place, and what should run next?"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+PACKAGES = ("torch", "numpy", "gymnasium", "h5py", "safetensors", "einops", "matplotlib", "seaborn", "pandas",
+            "tqdm", "yaml")
+NOTEBOOK_PACKAGES = ("papermill", "ipywidgets", "ipykernel", "nbval")
+
+
+def _check(ok: bool, what: str, fix: str = "") -> bool:
+    print(f"  {'OK ' if ok else 'MISSING'}  {what}" + ("" if ok or not fix else f"\n           -> {fix}"))
+    return ok
+
+
+def doctor(config: str = "quick", run_dir: str | None = None) -> int:
+    """Print a checklist; return 0 if the pipeline is complete for ``config``, 1 otherwise."""
+    print("packages")
+    ok = True
+    for name in PACKAGES + NOTEBOOK_PACKAGES:
+        try:
+            mod = importlib.import_module(name)
+            _check(True, f"{name} {getattr(mod, '__version__', '')}")
+        except ImportError:
+            extra = "notebooks,test" if name in NOTEBOOK_PACKAGES else ""
+            ok &= _check(False, name, f"pip install -e '.[{extra}]'" if extra else "pip install -e .")
+    from adkit.collect import default_path
+    from adkit.config import load_config
+
+    cfg = load_config(config)
+    run = Path(run_dir or f"runs/{cfg.profile}")
+    hist = default_path(cfg)
+    print(f"profile {cfg.profile}: {cfg.env.name}, source {cfg.collect.source}")
+    steps = [
+        (hist.exists(), f"histories {hist}", f"adkit collect -c {config}"),
+        ((run / "model.safetensors").exists(), f"checkpoint {run}/model.safetensors",
+         f"adkit train -c {config} --run-dir {run}"),
+        ((run / "eval" / "returns.csv").exists(), f"in-context evaluation {run}/eval/returns.csv",
+         f"adkit evaluate --run-dir {run}"),
+    ]
+    print("pipeline")
+    next_cmd = None
+    for present, what, cmd in steps:
+        ok &= _check(present, what, cmd)
+        if not present and next_cmd is None:
+            next_cmd = cmd
+    print(f"next: {next_cmd}" if next_cmd else "all stages present; open notebooks/02_extract_attention.ipynb")
+    return 0 if ok else 1

@@ -1,0 +1,362 @@
+"""The AD transformer: a causal, sliding-window transformer over a learning history.
+
+Token layout (one token per transition). Token ``k`` embeds transition ``k``
+``(s_k, a_k, r_k, s'_k)`` plus the state ``q_k = s_{k+1}`` of the decision that
+follows it, and predicts that decision's action ``a_{k+1}``. So every position
+carries an action target, and row ``i`` of an attention pattern reads as
+"decision ``i + 1``'s attention to transitions ``0..i``"; the last key of the
+query row is the most recent transition (which also carries the query state).
+
+Positions are rotary (RoPE) at each transition's step in its stream, so only
+relative offsets matter: a compressed context can keep its original offsets
+(``positions="original"``) or be renumbered ``0..K`` (``"renumber"``), see
+:mod:`adkit.compress`. Attention is causal within a sliding window of
+``n_transit`` tokens. Trained on long sequences with that mask, the model is
+exactly the model a rollout with a rolling key/value cache of ``n_transit``
+entries computes, so a rollout step costs O(n_transit), not O(n_transit^2)
+(tested against full recompute in ``tests/test_model.py``).
+
+Two attention paths share the weights: fused ``scaled_dot_product_attention``
+(training, rollouts) and an explicit softmax that feeds the hook point
+``blocks.{l}.attn.hook_pattern`` ``(batch, head, query, key)``. The explicit path
+runs whenever a hook is attached (see :meth:`ADTransformer.hooks` and
+:meth:`ADTransformer.run_with_cache`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from adkit.envs import spec as env_spec
+
+
+@dataclass
+class ModelConfig:
+    n_transit: int = 80  # transitions a decision attends to per layer (sliding attention window)
+    tf_n_embd: int = 32  # residual width
+    tf_n_layer: int = 4  # transformer blocks
+    tf_n_head: int = 4  # attention heads per block
+    tf_n_inner: int = 128  # MLP hidden width
+    tf_dropout: float = 0.1  # dropout on embeddings, residual branches and the MLP
+    tf_attn_dropout: float = 0.1  # dropout on attention weights
+    env: str = "darkroom"  # task family the model reads (fixes state and action vocabularies)
+    positions: str = "original"  # positions of a compressed context: "original" offsets or "renumber"
+    rope_base: float = 10000.0  # RoPE frequency base
+
+
+class HookPoint(nn.Identity):
+    """A named place in the forward pass; hooks attach here (TransformerLens style)."""
+
+    name: str = ""
+
+
+class ActivationCache(dict):
+    """Activations by hook name; ``cache["pattern", 2]`` means ``blocks.2.attn.hook_pattern``."""
+
+    ALIASES = {"pattern": "attn.hook_pattern", "resid_pre": "hook_resid_pre", "resid_post": "hook_resid_post"}
+
+    def __getitem__(self, key):
+        if isinstance(key, tuple):
+            short, layer = key
+            key = f"blocks.{layer}.{self.ALIASES.get(short, short)}"
+        return super().__getitem__(key)
+
+    def stack(self, short: str = "pattern") -> torch.Tensor:
+        """Stack one activation over layers: ``pattern`` -> ``(layer, batch, head, query, key)``."""
+        layers = sorted(int(k.split(".")[1]) for k in self if k.endswith(self.ALIASES.get(short, short)))
+        return torch.stack([self[short, layer] for layer in layers])
+
+
+def rope_angles(positions: torch.Tensor, dim: int, base: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos/sin of rotary angles for integer ``positions`` (B, L) -> two (B, 1, L, dim/2)."""
+    inv_freq = base ** (-torch.arange(0, dim, 2, dtype=torch.float32, device=positions.device) / dim)  # (dim/2,)
+    angles = positions.to(torch.float32)[:, None, :, None] * inv_freq  # (B, 1, L, dim/2)
+    return angles.cos(), angles.sin()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate channel pairs of ``x`` (B, H, L, dh) by the given angles."""
+    x1, x2 = x[..., 0::2], x[..., 1::2]  # (B, H, L, dh/2) each
+    return torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).flatten(-2)  # (B, H, L, dh)
+
+
+def window_mask(n_query: int, n_key: int, window: int, device=None) -> torch.Tensor:
+    """Boolean (n_query, n_key) mask: query i (the last n_query of the keys) sees keys in (i-window, i]."""
+    q = torch.arange(n_key - n_query, n_key, device=device)[:, None]
+    k = torch.arange(n_key, device=device)[None, :]
+    return (k <= q) & (k > q - window)
+
+
+class KVCache:
+    """Rolling key/value cache of the last ``window`` tokens for every layer.
+
+    Slots are a ring buffer; rotary positions are applied before caching, and
+    softmax is order-free, so the slot order never matters.
+    """
+
+    def __init__(self, n_layer: int, batch: int, n_head: int, head_dim: int, window: int, device=None):
+        shape = (batch, n_head, window, head_dim)
+        self.k = [torch.zeros(shape, device=device) for _ in range(n_layer)]
+        self.v = [torch.zeros(shape, device=device) for _ in range(n_layer)]
+        self.window, self.length = window, 0  # tokens written so far
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Write one token's k, v (B, H, 1, dh); return all slots and a (1, window) validity mask."""
+        slot = self.length % self.window
+        self.k[layer][:, :, slot] = k[:, :, 0]
+        self.v[layer][:, :, slot] = v[:, :, 0]
+        valid = torch.arange(self.window, device=k.device)[None, :] < min(self.length + 1, self.window)
+        return self.k[layer], self.v[layer], valid
+
+    def advance(self) -> None:
+        self.length += 1
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        assert cfg.tf_n_embd % cfg.tf_n_head == 0, "tf_n_embd must be divisible by tf_n_head"
+        self.n_head, self.head_dim = cfg.tf_n_head, cfg.tf_n_embd // cfg.tf_n_head
+        self.qkv = nn.Linear(cfg.tf_n_embd, 3 * cfg.tf_n_embd)
+        self.proj = nn.Linear(cfg.tf_n_embd, cfg.tf_n_embd)
+        self.attn_dropout, self.resid_dropout = cfg.tf_attn_dropout, nn.Dropout(cfg.tf_dropout)
+        self.hook_pattern = HookPoint()
+
+    def forward(self, x, cos, sin, mask, cache: KVCache | None = None, layer: int = 0, explicit: bool = False):
+        B, L, C = x.shape
+        q, k, v = self.qkv(x).split(C, dim=2)  # 3 x (B, L, C)
+        q, k, v = (t.view(B, L, self.n_head, self.head_dim).transpose(1, 2) for t in (q, k, v))  # (B, H, L, dh)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if cache is not None:
+            k, v, mask = cache.update(layer, k, v)  # (B, H, W, dh) x2, (1, W)
+        p = self.attn_dropout if self.training else 0.0
+        if explicit:
+            scores = (q @ k.transpose(-2, -1)) / math.sqrt(self.head_dim)  # (B, H, L, Lk)
+            pattern = self.hook_pattern(scores.masked_fill(~mask, float("-inf")).softmax(-1))
+            y = F.dropout(pattern, p, self.training) @ v  # (B, H, L, dh)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)  # (B, H, L, dh)
+        y = y.transpose(1, 2).reshape(B, L, C)  # (B, L, C)
+        return self.resid_dropout(self.proj(y))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.ln_1, self.ln_2 = nn.LayerNorm(cfg.tf_n_embd), nn.LayerNorm(cfg.tf_n_embd)
+        self.attn = Attention(cfg)
+        self.mlp = nn.Sequential(nn.Linear(cfg.tf_n_embd, cfg.tf_n_inner), nn.GELU(),
+                                 nn.Linear(cfg.tf_n_inner, cfg.tf_n_embd), nn.Dropout(cfg.tf_dropout))
+        self.hook_resid_pre, self.hook_resid_post = HookPoint(), HookPoint()
+
+    def forward(self, x, cos, sin, mask, cache=None, layer=0, explicit=False):
+        x = self.hook_resid_pre(x)
+        x = x + self.attn(self.ln_1(x), cos, sin, mask, cache, layer, explicit)
+        return self.hook_resid_post(x + self.mlp(self.ln_2(x)))
+
+
+class ADTransformer(nn.Module):
+    """Causal sliding-window transformer mapping a history to next-action logits."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        if cfg.positions not in ("original", "renumber"):
+            raise ValueError(f"positions must be 'original' or 'renumber', got {cfg.positions!r}")
+        self.cfg = cfg
+        s = env_spec(cfg.env)
+        self.grid_size, self.n_actions = s.size, s.n_actions
+        n_cells, d = s.size * s.size, cfg.tf_n_embd
+        self.emb_state, self.emb_next, self.emb_query = (nn.Embedding(n_cells, d) for _ in range(3))
+        self.emb_action = nn.Embedding(s.n_actions, d)
+        self.emb_reward = nn.Linear(1, d)
+        self.drop = nn.Dropout(cfg.tf_dropout)
+        self.hook_embed = HookPoint()
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.tf_n_layer))
+        self.ln_f = nn.LayerNorm(d)
+        self.head = nn.Linear(d, s.n_actions)
+        self.apply(self._init_weights)
+        for name, mod in self.named_modules():
+            if isinstance(mod, HookPoint):
+                mod.name = name
+
+    @staticmethod
+    def _init_weights(m: nn.Module) -> None:
+        if isinstance(m, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(m.weight, 0.0, 0.02)
+        if isinstance(m, nn.Linear) and m.bias is not None:
+            nn.init.zeros_(m.bias)
+
+    # ---- inputs -------------------------------------------------------------------------
+    def _cell(self, xy: torch.Tensor) -> torch.Tensor:
+        """(…, 2) positions -> (…,) cell index."""
+        xy = xy.long()
+        return xy[..., 0] * self.grid_size + xy[..., 1]
+
+    def embed(self, states, actions, rewards, next_states, queries) -> torch.Tensor:
+        """Token embeddings (B, L, d) from transitions (B, L, ·) and decision states (B, L, 2)."""
+        x = (self.emb_state(self._cell(states)) + self.emb_action(actions.long())
+             + self.emb_reward(rewards.float()[..., None]) + self.emb_next(self._cell(next_states))
+             + self.emb_query(self._cell(queries)))
+        return self.hook_embed(self.drop(x))
+
+    def hook_points(self) -> dict[str, HookPoint]:
+        return {m.name: m for m in self.modules() if isinstance(m, HookPoint)}
+
+    # ---- forward ------------------------------------------------------------------------
+    def forward(self, states, actions, rewards, next_states, queries, positions=None) -> torch.Tensor:
+        """Action logits (B, L, A) for the decision after each of the L transitions.
+
+        ``positions`` (B, L): step of each transition in its stream (rotary positions);
+        default ``0..L-1``. The attention window is ``n_transit`` tokens.
+        """
+        B, L = actions.shape
+        if positions is None:
+            positions = torch.arange(L, device=actions.device).expand(B, L)
+        x = self.embed(states, actions, rewards, next_states, queries)  # (B, L, d)
+        cos, sin = rope_angles(positions, self.cfg.tf_n_embd // self.cfg.tf_n_head, self.cfg.rope_base)
+        mask = window_mask(L, L, self.cfg.n_transit, x.device)  # (L, L)
+        explicit = self._hooked()
+        for layer, block in enumerate(self.blocks):
+            x = block(x, cos, sin, mask, explicit=explicit)
+        return self.head(self.ln_f(x))
+
+    def new_cache(self, batch: int) -> KVCache:
+        c = self.cfg
+        return KVCache(c.tf_n_layer, batch, c.tf_n_head, c.tf_n_embd // c.tf_n_head, c.n_transit,
+                       self.head.weight.device)
+
+    @torch.no_grad()
+    def step(self, cache: KVCache, states, actions, rewards, next_states, queries) -> torch.Tensor:
+        """One rollout step: append one transition per row (B, ·) and return logits (B, A).
+
+        Costs O(n_transit) per layer whatever the history length. The token's rotary
+        position is its index in the stream (``cache.length``).
+        """
+        x = self.embed(states[:, None], actions[:, None], rewards[:, None], next_states[:, None],
+                       queries[:, None])  # (B, 1, d)
+        pos = torch.full((x.shape[0], 1), cache.length, device=x.device)
+        cos, sin = rope_angles(pos, self.cfg.tf_n_embd // self.cfg.tf_n_head, self.cfg.rope_base)
+        explicit = self._hooked()
+        for layer, block in enumerate(self.blocks):
+            x = block(x, cos, sin, None, cache=cache, layer=layer, explicit=explicit)
+        cache.advance()
+        return self.head(self.ln_f(x))[:, 0]
+
+    # ---- hooks (TransformerLens style) --------------------------------------------------------
+    def _hooked(self) -> bool:
+        return any(len(m._forward_hooks) for m in self.modules() if isinstance(m, HookPoint))
+
+    @contextlib.contextmanager
+    def hooks(self, fwd_hooks: list[tuple[str | Callable[[str], bool], Callable]]) -> Iterator["ADTransformer"]:
+        """Attach ``(name or name-filter, fn(activation, hook))`` pairs for the duration of the block.
+
+        ``fn`` may return a replacement activation. Hooks are always removed, even
+        if the forward pass raises.
+        """
+        points = self.hook_points()
+        handles = []
+        try:
+            for name, fn in fwd_hooks:
+                match = [p for n, p in points.items() if (name(n) if callable(name) else n == name)]
+                if not match:
+                    raise KeyError(f"no hook point {name!r}; available: {sorted(points)}")
+                for p in match:
+                    handles.append(p.register_forward_hook(lambda mod, inp, out, fn=fn: fn(out, mod)))
+            yield self
+        finally:
+            for h in handles:
+                h.remove()
+
+    def run_with_cache(self, *args, names: Callable[[str], bool] | str | None = None,
+                       **kwargs) -> tuple[torch.Tensor, ActivationCache]:
+        """Run :meth:`forward` and keep the activations whose hook name passes ``names``."""
+        cache = ActivationCache()
+        if isinstance(names, str):
+            wanted = names
+            names = lambda n: n.endswith(wanted)  # noqa: E731
+        keep = names or (lambda n: True)
+
+        def save(act, hook):
+            cache[hook.name] = act.detach()
+
+        with self.hooks([(keep, save)]):
+            logits = self(*args, **kwargs)
+        return logits, cache
+
+
+# ---- checkpoints: safetensors weights + a readable JSON config; loading never unpickles -----
+WEIGHTS, MODEL_JSON, CKPT_FORMAT, CKPT_VERSION = "model.safetensors", "model.json", "adkit-model", 1
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be loaded; the message names the file and the fix."""
+
+
+def save(model: ADTransformer, run_dir) -> None:
+    """Write ``model.safetensors`` and ``model.json`` into ``run_dir`` atomically."""
+    import dataclasses
+    import json
+    from pathlib import Path
+
+    from safetensors.torch import save_file
+
+    from adkit.io import atomic_path, write_text
+
+    run_dir = Path(run_dir)
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    with atomic_path(run_dir / WEIGHTS) as tmp:
+        save_file(state, str(tmp))
+    meta = {"format": CKPT_FORMAT, "version": CKPT_VERSION, "model": dataclasses.asdict(model.cfg)}
+    write_text(run_dir / MODEL_JSON, json.dumps(meta, indent=2) + "\n")
+
+
+def load(path, device: str | torch.device = "cpu") -> ADTransformer:
+    """Load a model from a run directory (or its ``model.safetensors``), in eval mode.
+
+    Raises :class:`CheckpointError` (or ``FileNotFoundError``) with a clear message
+    for a missing, truncated, foreign or mismatched checkpoint.
+    """
+    import json
+    from pathlib import Path
+
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    run_dir = path.parent if path.suffix == ".safetensors" else path
+    weights, meta_file = run_dir / WEIGHTS, run_dir / MODEL_JSON
+    hint = "train one with `adkit train -c CONFIG --run-dir DIR` (or notebook 01_train)"
+    if not weights.exists() or not meta_file.exists():
+        raise FileNotFoundError(f"no checkpoint in {run_dir} (needs {WEIGHTS} and {MODEL_JSON}); {hint}")
+    try:
+        meta = json.loads(meta_file.read_text())
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{meta_file} is not valid JSON ({e}); {hint}") from None
+    if not isinstance(meta, dict) or meta.get("format") != CKPT_FORMAT:
+        raise CheckpointError(f"{meta_file} is not an adkit model file; {hint}")
+    if meta.get("version") != CKPT_VERSION:
+        raise CheckpointError(f"{meta_file} has format version {meta.get('version')}, this adkit reads "
+                              f"{CKPT_VERSION}; {hint}")
+    try:
+        cfg = ModelConfig(**meta["model"])
+    except TypeError as e:
+        raise CheckpointError(f"{meta_file}: model config does not match this adkit ({e})") from None
+    try:
+        state = load_file(str(weights), device=str(device))
+    except (SafetensorError, OSError) as e:
+        raise CheckpointError(f"{weights} is truncated or not a safetensors file ({e}); {hint}") from None
+    model = ADTransformer(cfg).to(device)
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    got = {k: tuple(v.shape) for k, v in state.items()}
+    if expected != got:
+        diff = sorted(k for k in expected.keys() | got.keys() if expected.get(k) != got.get(k))
+        raise CheckpointError(f"{weights} does not match the config in {meta_file}: tensors {diff[:5]} differ")
+    model.load_state_dict(state)
+    return model.eval()

@@ -1,0 +1,61 @@
+"""Stage helpers shared by the CLI and the notebooks: each reads the previous stage's files.
+
+A missing upstream file raises :class:`MissingStage` naming the command (and the
+notebook) that makes it, so any notebook can be re-run alone.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from adkit import envs
+from adkit.collect import collect_to_file, default_path
+from adkit.config import Config, load_config
+from adkit.histories import Histories, load
+
+
+class MissingStage(FileNotFoundError):
+    """An upstream file is missing; the message says which command or notebook makes it."""
+
+
+def run_dir_for(cfg: Config, run_dir: str | Path | None = None) -> Path:
+    return Path(run_dir) if run_dir else Path("runs") / cfg.profile
+
+
+def ensure_histories(cfg: Config, path: str | Path | None = None, progress: bool = True) -> tuple[Histories, Path]:
+    """Load the profile's histories, collecting them first if the file does not exist."""
+    path = Path(path) if path else default_path(cfg)
+    if not path.exists():
+        collect_to_file(cfg, path, progress=progress)
+    return load(path), path
+
+
+def require(path: Path, made_by: str) -> Path:
+    if not Path(path).exists():
+        raise MissingStage(f"{path} does not exist yet; it is made by {made_by}")
+    return Path(path)
+
+
+def run_config(run_dir: str | Path) -> Config:
+    """The resolved config saved next to a checkpoint."""
+    path = require(Path(run_dir) / "config.yaml", f"`adkit train -c PROFILE --run-dir {run_dir}` (notebook 01_train)")
+    return load_config(path)
+
+
+def train_log(run_dir: str | Path) -> pd.DataFrame:
+    return pd.read_csv(require(Path(run_dir) / "train_log.csv", "`adkit train` (notebook 01_train)"))
+
+
+def source_returns(h: Histories, tasks) -> np.ndarray:
+    """The source's per-stream episode returns on ``tasks`` ``(n_tasks * n_streams, n_episodes)``."""
+    rows = h.task_index(tasks)
+    ret = h.episode_returns()[rows]  # (n_tasks, n_streams, n_episodes)
+    return ret.reshape(-1, ret.shape[-1])
+
+
+def random_baseline(cfg: Config, tasks) -> float:
+    """Mean return of the uniform-random policy over ``tasks`` (exact)."""
+    return float(np.mean([envs.random_return(cfg.env.name, t) for t in tasks]))

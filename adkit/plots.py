@@ -1,0 +1,52 @@
+"""Figures shared by the CLI, the notebooks and the report (matplotlib, no display needed)."""
+
+from __future__ import annotations
+
+import matplotlib.pyplot as plt
+import numpy as np
+
+
+def band(ax, x, runs: np.ndarray, label: str, color=None):
+    """Mean line and +-1 std band over the first axis of ``runs`` (n_runs, n_points)."""
+    mean, std = runs.mean(0), runs.std(0)
+    line, = ax.plot(x, mean, label=label, color=color, lw=2)
+    if len(runs) > 1:
+        ax.fill_between(x, mean - std, mean + std, color=line.get_color(), alpha=0.2)
+    return line
+
+
+def plot_curves(res, source: np.ndarray | None = None, random: float | None = None, title: str = "",
+                extra: dict[str, np.ndarray] | None = None, ax=None):
+    """Return per episode: AD (mean +- std over seeds of the task-mean), source, random, optimal.
+
+    ``source``: (n_streams, n_episodes) the source algorithm's per-stream returns on the same
+    tasks; ``extra``: more labelled (n_runs, n_episodes) curves (e.g. other training seeds).
+    """
+    fig, ax = (ax.figure, ax) if ax is not None else plt.subplots(figsize=(7, 4))
+    episodes = np.arange(1, res.returns.shape[-1] + 1)
+    band(ax, episodes, res.returns.mean(0), "AD (in context)")  # (n_seeds, n_episodes)
+    for label, runs in (extra or {}).items():
+        band(ax, np.arange(1, runs.shape[-1] + 1), runs, label)
+    if source is not None:
+        band(ax, np.arange(1, source.shape[-1] + 1), source, "source (per stream)", color="tab:gray")
+    if random is not None:
+        ax.axhline(random, color="tab:red", ls=":", label=f"random ({random:.2f})")
+    ax.axhline(res.optimal.mean(), color="k", ls="--", label=f"optimal ({res.optimal.mean():.2f})")
+    ax.set(xlabel="episode in context", ylabel="return", title=title)
+    ax.legend(loc="lower right", fontsize=8)
+    ax.grid(alpha=0.3)
+    return fig
+
+
+def plot_train_log(log, ax=None):
+    """Train/validation loss and validation accuracy from a ``train_log.csv`` DataFrame."""
+    fig, ax = (ax.figure, ax) if ax is not None else plt.subplots(figsize=(7, 3.5))
+    ax.plot(log["step"], log["train_loss"], label="train loss")
+    ax.plot(log["step"], log["val_loss"], label="validation loss")
+    ax.set(xlabel="step", ylabel="cross-entropy")
+    ax2 = ax.twinx()
+    ax2.plot(log["step"], log["val_acc"], color="tab:green", ls="--", label="validation accuracy")
+    ax2.set_ylabel("action accuracy")
+    fig.legend(loc="upper right", fontsize=8)
+    ax.grid(alpha=0.3)
+    return fig

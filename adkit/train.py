@@ -1,0 +1,247 @@
+"""``adkit train``: fit the AD transformer to learning histories.
+
+Writes into the run directory: ``model.safetensors`` + ``model.json`` (the
+checkpoint), ``config.yaml`` (the resolved config), ``train_log.csv`` (loss and
+action accuracy, train and validation), and ``train_state.safetensors`` +
+``train_state.json`` (optimizer and sampler state, to resume). Every file is
+written atomically, so a crash loses at most the steps since the last save.
+
+Runs unchanged under ``torchrun --nproc-per-node N -m adkit.cli train ...``
+(DistributedDataParallel; gloo on CPU, nccl on GPUs): each process draws its
+own batches, rank 0 validates and writes.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from adkit import envs
+from adkit.config import Config, TrainConfig, dump_config
+from adkit.histories import Histories, WindowSampler
+from adkit.io import atomic_path, write_text
+from adkit.model import ADTransformer, load, save
+
+LOG_FIELDS = ["step", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "seconds"]
+
+
+def seq_len(cfg: Config) -> int:
+    """Transitions per training sequence (the last-position loss always uses ``n_transit``)."""
+    if cfg.train.loss == "last":
+        return cfg.model.n_transit
+    return cfg.train.seq_len or 2 * cfg.model.n_transit
+
+
+def split_batch(batch: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """Sampled ``L + 1`` transitions -> model inputs for ``L`` tokens and their action targets.
+
+    Token k is transition k plus the next decision's state ``q_k = s_{k+1}``; its
+    target is that decision's action ``a_{k+1}``.
+    """
+    inputs = {k: batch[k][:, :-1] for k in ("states", "actions", "rewards", "next_states", "positions")}
+    inputs["queries"] = batch["states"][:, 1:]  # (B, L, 2)
+    return inputs, batch["actions"][:, 1:].long()  # (B, L)
+
+
+def loss_and_accuracy(logits: torch.Tensor, targets: torch.Tensor, mode: str, smoothing: float = 0.0):
+    """Cross-entropy and action accuracy over every position (``all``) or the last (``last``)."""
+    if mode == "last":
+        logits, targets = logits[:, -1:], targets[:, -1:]
+    flat = logits.reshape(-1, logits.shape[-1])  # (B*L, A)
+    loss = F.cross_entropy(flat, targets.reshape(-1), label_smoothing=smoothing)
+    acc = (flat.argmax(-1) == targets.reshape(-1)).float().mean()
+    return loss, acc
+
+
+def lr_at(progress: float, t: TrainConfig, step: int) -> float:
+    """Linear warm-up over ``warmup_steps``, then cosine decay to ``min_lr_ratio`` at ``progress`` 1."""
+    if step < t.warmup_steps:
+        return t.lr * (step + 1) / t.warmup_steps
+    cos = 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    return t.lr * (t.min_lr_ratio + (1 - t.min_lr_ratio) * cos)
+
+
+def make_optimizer(model: torch.nn.Module, t: TrainConfig) -> torch.optim.AdamW:
+    """AdamW with weight decay on matrices only (not biases, norms or the reward projection)."""
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    rest = [p for p in model.parameters() if p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": t.weight_decay}, {"params": rest, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=t.lr, betas=t.betas)
+
+
+def samplers(cfg: Config, h: Histories, rank: int = 0) -> tuple[WindowSampler, WindowSampler]:
+    """Train and validation samplers: train tasks only; validation on held-out streams."""
+    train_tasks, _ = envs.task_split(cfg.env.name, cfg.env.split_seed, cfg.env.train_ratio)
+    rows = h.task_index(train_tasks)
+    n_streams = h.shape[1]
+    n_val = max(1, int(round(n_streams * cfg.train.val_streams))) if n_streams > 1 else 0
+    train_streams = np.arange(n_streams - n_val)
+    val_streams = np.arange(n_streams - n_val, n_streams) if n_val else train_streams
+    L = seq_len(cfg) + 1  # one more transition for the shifted targets
+    seed = cfg.train.seed * 1000 + rank
+    return (WindowSampler(h, rows, train_streams, L, seed=seed),
+            WindowSampler(h, rows, val_streams, L, seed=seed + 500))
+
+
+class Trainer:
+    """Owns the model, optimizer, samplers and run directory of one training run."""
+
+    def __init__(self, cfg: Config, h: Histories, run_dir: str | Path, progress: bool = True):
+        if envs.spec(h.env).name != envs.spec(cfg.env.name).name:
+            raise ValueError(f"histories are for {h.env!r} but the config trains {cfg.env.name!r}")
+        if cfg.train.loss not in ("all", "last"):
+            raise ValueError(f"train.loss must be 'all' or 'last', got {cfg.train.loss!r}")
+        self.cfg, self.t, self.run_dir, self.progress = cfg, cfg.train, Path(run_dir), progress
+        self.ddp = int(os.environ.get("WORLD_SIZE", "1")) > 1
+        if self.ddp and not dist.is_initialized():
+            dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        self.rank = dist.get_rank() if self.ddp else 0
+        self.device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available()
+                                   else "cpu")
+        if self.t.threads:
+            torch.set_num_threads(self.t.threads)
+        torch.manual_seed(self.t.seed)  # identical initial weights on every rank
+        self.model = ADTransformer(dataclasses.replace(cfg.model, env=envs.spec(cfg.env.name).name)).to(self.device)
+        self.net = (torch.nn.parallel.DistributedDataParallel(self.model) if self.ddp else self.model)
+        self.opt = make_optimizer(self.model, self.t)
+        self.train_sampler, self.val_sampler = samplers(cfg, h, self.rank)
+        self.step, self.seconds = 0, 0.0
+        if self.rank == 0:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            write_text(self.run_dir / "config.yaml", dump_config(cfg))
+        self._maybe_resume()
+
+    # ---- state ------------------------------------------------------------------------------------
+    def _maybe_resume(self) -> None:
+        meta_file = self.run_dir / "train_state.json"
+        if not meta_file.exists():
+            return
+        meta = json.loads(meta_file.read_text())
+        self.model.load_state_dict(load(self.run_dir).state_dict())
+        tensors = load_file(str(self.run_dir / "train_state.safetensors"))
+        state = {int(k.split(".")[0]): {} for k in tensors}
+        for key, value in tensors.items():
+            i, name = key.split(".", 1)
+            state[int(i)][name] = value
+        self.opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+        self.train_sampler.rng.bit_generator.state = meta["sampler_rng"][self.rank % len(meta["sampler_rng"])]
+        self.step, self.seconds = meta["step"], meta["seconds"]
+
+    def save(self) -> None:
+        """Checkpoint weights and training state (rank 0; atomic)."""
+        if self.rank != 0:
+            return
+        save(self.model, self.run_dir)
+        opt = self.opt.state_dict()
+        tensors = {f"{i}.{name}": v.detach().cpu().contiguous() for i, s in opt["state"].items() for name, v in s.items()}
+        with atomic_path(self.run_dir / "train_state.safetensors") as tmp:
+            save_file(tensors, str(tmp))
+        meta = {"step": self.step, "seconds": self.seconds, "param_groups": opt["param_groups"],
+                "sampler_rng": [self.train_sampler.rng.bit_generator.state]}
+        write_text(self.run_dir / "train_state.json", json.dumps(meta))
+
+    # ---- loop -------------------------------------------------------------------------------------
+    def _batch(self, sampler: WindowSampler):
+        inputs, targets = split_batch(sampler.sample(self.t.batch_size))
+        return {k: v.to(self.device) for k, v in inputs.items()}, targets.to(self.device)
+
+    @torch.no_grad()
+    def validate(self) -> tuple[float, float]:
+        self.model.eval()
+        losses, accs = [], []
+        for _ in range(self.t.val_batches):
+            inputs, targets = self._batch(self.val_sampler)
+            loss, acc = loss_and_accuracy(self.model(**inputs), targets, self.t.loss)
+            losses.append(loss.item())
+            accs.append(acc.item())
+        self.model.train()
+        return float(np.mean(losses)), float(np.mean(accs))
+
+    def _log(self, row: dict) -> None:
+        path = self.run_dir / "train_log.csv"
+        new = not path.exists()
+        with path.open("a", newline="") as f:
+            w = csv.DictWriter(f, LOG_FIELDS)
+            if new:
+                w.writeheader()
+            w.writerow(row)
+
+    def run(self, time_budget_s: float = 0.0) -> Path:
+        """Train until ``train.steps`` (or ``time_budget_s`` seconds, if given); returns the run dir.
+
+        With a time budget the learning-rate schedule follows whichever of steps
+        or time is further along, so the run still ends with a decayed rate.
+        """
+        self.model.train()
+        bar = tqdm(total=self.t.steps, initial=self.step, desc="train", disable=not self.progress or self.rank,
+                   mininterval=1.0)
+        start = time.perf_counter() - self.seconds
+        run_loss, run_acc = [], []
+        while self.step < self.t.steps:
+            self.seconds = time.perf_counter() - start
+            progress = self.step / self.t.steps
+            if time_budget_s:
+                if self.seconds >= time_budget_s:
+                    break
+                progress = max(progress, self.seconds / time_budget_s)
+            lr = lr_at(progress, self.t, self.step)
+            for group in self.opt.param_groups:
+                group["lr"] = lr
+            inputs, targets = self._batch(self.train_sampler)
+            loss, acc = loss_and_accuracy(self.net(**inputs), targets, self.t.loss, self.t.label_smoothing)
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.t.grad_clip)
+            self.opt.step()
+            self.step += 1
+            run_loss.append(loss.item())
+            run_acc.append(acc.item())
+            bar.update(1)
+            if self.step % self.t.val_every == 0 or self.step == self.t.steps:
+                self._checkpoint(lr, run_loss, run_acc, time.perf_counter() - start, bar)
+                run_loss, run_acc = [], []
+        if run_loss:  # stopped by the time budget between checkpoints
+            self._checkpoint(lr, run_loss, run_acc, time.perf_counter() - start, bar)
+        bar.close()
+        return self.run_dir
+
+    def _checkpoint(self, lr, run_loss, run_acc, seconds, bar) -> None:
+        self.seconds = seconds
+        if self.rank != 0:
+            return
+        val_loss, val_acc = self.validate()
+        self._log({"step": self.step, "lr": f"{lr:.3g}", "train_loss": f"{np.mean(run_loss):.4f}",
+                   "train_acc": f"{np.mean(run_acc):.4f}", "val_loss": f"{val_loss:.4f}",
+                   "val_acc": f"{val_acc:.4f}", "seconds": f"{seconds:.1f}"})
+        bar.set_postfix(loss=f"{np.mean(run_loss):.3f}", val=f"{val_loss:.3f}", acc=f"{val_acc:.2f}")
+        self.save()
+
+
+def replica_checksum(model: torch.nn.Module) -> float:
+    """Sum of all parameters (float64): equal across DDP replicas that stayed in sync."""
+    return float(sum(p.detach().double().sum() for p in model.parameters()))
+
+
+def train(cfg: Config, h: Histories, run_dir: str | Path, progress: bool = True, time_budget_s: float = 0.0) -> Path:
+    """Train (or resume) a run; under torchrun also records every replica's checksum."""
+    trainer = Trainer(cfg, h, run_dir, progress=progress)
+    trainer.run(time_budget_s)
+    if trainer.ddp:
+        sums = [None] * dist.get_world_size()
+        dist.all_gather_object(sums, replica_checksum(trainer.model))
+        if trainer.rank == 0:
+            write_text(Path(run_dir) / "replicas.json", json.dumps({"checksums": sums}) + "\n")
+        dist.destroy_process_group()
+    return Path(run_dir)

@@ -1,0 +1,83 @@
+"""Histories: sources learn, files round-trip, bad files fail clearly, windows are right."""
+
+import h5py
+import numpy as np
+import pytest
+
+from adkit.collect import collect
+from adkit.config import from_dict
+from adkit.histories import HistoriesError, WindowSampler, load, save
+
+
+@pytest.fixture(scope="module")
+def hist():
+    return collect(from_dict({"collect": {"source": "noise", "streams": 3, "steps": 100}}), progress=False)
+
+
+def test_shapes_and_true_next_states(hist):
+    n_tasks, n_streams, n_steps = hist.shape
+    assert (n_tasks, n_streams, n_steps) == (81, 3, 100)
+    assert hist.dones[..., 19::20].all() and hist.dones.sum() == 81 * 3 * 5
+    # within an episode the next state is the following state; at an end it is the true last one
+    inside = ~hist.dones[..., :-1]
+    assert (hist.next_states[..., :-1, :][inside] == hist.states[..., 1:, :][inside]).all()
+    assert (hist.states[..., 20::20, :] == 4).all()  # every episode starts at the centre
+    ends = hist.next_states[..., 19::20, :]
+    assert not (ends == 4).all()  # not the reset state
+
+
+@pytest.mark.parametrize("source", ["noise", "qlearning"])
+def test_sources_learn(source):
+    h = collect(from_dict({"collect": {"source": source, "streams": 4, "steps": 1000}}), progress=False)
+    ret = h.episode_returns().mean((0, 1))  # (50,)
+    assert ret[:3].mean() < 1.5 and ret[-5:].mean() > 3 * ret[:3].mean()
+
+
+def test_round_trip(tmp_path, hist):
+    path = save(hist, tmp_path / "h.h5")
+    back = load(path)
+    assert isinstance(back.states, np.memmap)
+    for name in ("states", "actions", "rewards", "next_states", "dones", "tasks"):
+        np.testing.assert_array_equal(np.asarray(getattr(back, name)), np.asarray(getattr(hist, name)))
+    assert back.env == "darkroom" and back.source == "noise" and "source: noise" in back.config
+    assert not list(tmp_path.glob(".*tmp"))  # the temp file was renamed away
+
+
+def test_bad_files_say_what_to_do(tmp_path, hist):
+    with pytest.raises(HistoriesError, match="no such histories file.*adkit collect"):
+        load(tmp_path / "missing.h5")
+    (tmp_path / "junk.h5").write_bytes(b"not hdf5 at all")
+    with pytest.raises(HistoriesError, match="junk.h5: not a readable HDF5"):
+        load(tmp_path / "junk.h5")
+    path = save(hist, tmp_path / "h.h5")
+    data = path.read_bytes()
+    (tmp_path / "cut.h5").write_bytes(data[: len(data) // 2])
+    with pytest.raises(HistoriesError, match="cut.h5"):
+        load(tmp_path / "cut.h5")
+    with h5py.File(tmp_path / "foreign.h5", "w") as f:
+        f["x"] = np.zeros(3)
+    with pytest.raises(HistoriesError, match="not an adkit histories file"):
+        load(tmp_path / "foreign.h5")
+    with h5py.File(path, "a") as f:
+        f.attrs["version"] = 99
+    with pytest.raises(HistoriesError, match="version 99"):
+        load(path)
+
+
+def test_window_sampler_draws_consecutive_transitions_from_chosen_tasks(hist):
+    rows = np.array([2, 7])
+    s = WindowSampler(hist, rows, streams=[0, 1], seq_len=30, seed=0)
+    b = s.sample(64)
+    assert b["states"].shape == (64, 30, 2) and b["actions"].shape == (64, 30)
+    pos = b["positions"]
+    assert ((pos[:, 1:] - pos[:, :-1]) == 1).all() and pos.min() >= 0 and pos.max() < 100
+    assert len(set(pos[:, 0].tolist())) > 10  # any offset, not only episode starts
+    # every window is a slice of one of the chosen streams
+    for i in range(8):
+        t0 = int(pos[i, 0])
+        matches = [(r, st) for r in rows for st in (0, 1)
+                   if (hist.actions[r, st, t0:t0 + 30] == b["actions"][i].numpy()).all()
+                   and (hist.states[r, st, t0:t0 + 30] == b["states"][i].numpy()).all()]
+        assert matches
+    with pytest.raises(ValueError, match="longer than"):
+        WindowSampler(hist, rows, [0], seq_len=101)
