@@ -131,6 +131,7 @@ class Trainer:
         meta = json.loads(meta_file.read_text())
         self.model.load_state_dict(load(self.run_dir).state_dict())
         tensors = load_file(str(self.run_dir / "train_state.safetensors"))
+        torch.set_rng_state(tensors.pop("torch_rng"))
         state = {int(k.split(".")[0]): {} for k in tensors}
         for key, value in tensors.items():
             i, name = key.split(".", 1)
@@ -146,6 +147,7 @@ class Trainer:
         save(self.model, self.run_dir)
         opt = self.opt.state_dict()
         tensors = {f"{i}.{name}": v.detach().cpu().contiguous() for i, s in opt["state"].items() for name, v in s.items()}
+        tensors["torch_rng"] = torch.get_rng_state()  # dropout noise continues where it stopped
         with atomic_path(self.run_dir / "train_state.safetensors") as tmp:
             save_file(tensors, str(tmp))
         meta = {"step": self.step, "seconds": self.seconds, "param_groups": opt["param_groups"],
@@ -178,18 +180,19 @@ class Trainer:
                 w.writeheader()
             w.writerow(row)
 
-    def run(self, time_budget_s: float = 0.0) -> Path:
+    def run(self, time_budget_s: float = 0.0, until: int | None = None) -> Path:
         """Train until ``train.steps`` (or ``time_budget_s`` seconds, if given); returns the run dir.
 
         With a time budget the learning-rate schedule follows whichever of steps
         or time is further along, so the run still ends with a decayed rate.
+        ``until`` stops this call early at that step (checkpointed); a later call resumes.
         """
         self.model.train()
         bar = tqdm(total=self.t.steps, initial=self.step, desc="train", disable=not self.progress or self.rank,
                    mininterval=1.0)
         start = time.perf_counter() - self.seconds
         run_loss, run_acc = [], []
-        while self.step < self.t.steps:
+        while self.step < min(self.t.steps, until or self.t.steps):
             self.seconds = time.perf_counter() - start
             progress = self.step / self.t.steps
             if time_budget_s:
@@ -209,7 +212,7 @@ class Trainer:
             run_loss.append(loss.item())
             run_acc.append(acc.item())
             bar.update(1)
-            if self.step % self.t.val_every == 0 or self.step == self.t.steps:
+            if self.step % self.t.val_every == 0 or self.step in (self.t.steps, until):
                 self._checkpoint(lr, run_loss, run_acc, time.perf_counter() - start, bar)
                 run_loss, run_acc = [], []
         if run_loss:  # stopped by the time budget between checkpoints
@@ -234,10 +237,11 @@ def replica_checksum(model: torch.nn.Module) -> float:
     return float(sum(p.detach().double().sum() for p in model.parameters()))
 
 
-def train(cfg: Config, h: Histories, run_dir: str | Path, progress: bool = True, time_budget_s: float = 0.0) -> Path:
+def train(cfg: Config, h: Histories, run_dir: str | Path, progress: bool = True, time_budget_s: float = 0.0,
+          until: int | None = None) -> Path:
     """Train (or resume) a run; under torchrun also records every replica's checksum."""
     trainer = Trainer(cfg, h, run_dir, progress=progress)
-    trainer.run(time_budget_s)
+    trainer.run(time_budget_s, until)
     if trainer.ddp:
         sums = [None] * dist.get_world_size()
         dist.all_gather_object(sums, replica_checksum(trainer.model))

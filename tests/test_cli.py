@@ -1,0 +1,47 @@
+"""The command line end to end on the tiny profile, and its error messages."""
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from adkit.cli import main
+
+
+@pytest.fixture
+def in_tmp(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def test_collect_train_evaluate_doctor(in_tmp, capsys):
+    assert main(["doctor", "-c", "tiny"]) == 1
+    assert "next: adkit collect -c tiny" in capsys.readouterr().out
+    assert main(["collect", "-c", "tiny"]) == 0
+    assert Path("data/tiny-darkroom-noise.h5").exists()
+    assert main(["train", "-c", "tiny", "--run-dir", "runs/tiny"]) == 0
+    assert main(["evaluate", "--run-dir", "runs/tiny", "--episodes", "3", "--seeds", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "last 10 episodes" in out
+    df = pd.read_csv("runs/tiny/eval/returns.csv")
+    assert len(df) == 8 * 2 * 3 and Path("runs/tiny/eval/returns.png").exists()
+    assert main(["doctor", "-c", "tiny"]) == 0
+
+
+def test_missing_upstream_names_the_command(in_tmp, capsys):
+    assert main(["train", "-c", "tiny", "--run-dir", "runs/x"]) == 2
+    assert "adkit collect -c tiny" in capsys.readouterr().err
+    assert main(["evaluate", "--run-dir", "runs/nothing"]) == 2
+    assert "adkit train" in capsys.readouterr().err
+    assert main(["collect", "-c", "no-such-profile"]) == 2
+    assert "profiles: [" in capsys.readouterr().err
+
+
+def test_console_script_is_installed():
+    exe = shutil.which("adkit", path=str(Path(sys.executable).parent))
+    assert exe, "the `adkit` console script is not installed next to this Python"
+    out = subprocess.run([exe, "--help"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and "collect" in out.stdout

@@ -1,0 +1,50 @@
+"""In-context evaluation: protocol, backends, CSV, bad input."""
+
+import pandas as pd
+import pytest
+import torch
+
+from adkit import envs
+from adkit.evaluate import CSV_FIELDS, rollout, summary
+from adkit.model import ADTransformer, ModelConfig
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return ADTransformer(ModelConfig(n_transit=40, tf_n_embd=16, tf_n_layer=2, tf_n_head=2, tf_n_inner=32)).eval()
+
+
+def test_rollout_shapes_and_csv(tmp_path, model):
+    _, test = envs.task_split("darkroom")
+    res = rollout(model, "darkroom", test[:3], seeds=[0, 1], episodes=2, progress=False)
+    assert res.returns.shape == (3, 2, 2) and res.steps == 40
+    assert ((res.returns >= 0) & (res.returns <= res.optimal[:, None, None])).all()
+    path = res.write_csv(tmp_path / "eval" / "returns.csv")
+    df = pd.read_csv(path)
+    assert list(df.columns) == CSV_FIELDS and len(df) == 3 * 2 * 2
+    assert set(df["task"]) == {"4,2", "5,6", "6,8"} and df["episode"].max() == 2
+    s = summary(res, last=1)
+    assert 0 <= s["last_share"] <= 1 and s["optimal_mean"] == pytest.approx(res.optimal.mean())
+
+
+def test_cache_and_full_window_recompute_take_the_same_actions(model):
+    # a stream of 40 steps fits in the 40-transition window: both backends see the same context
+    kw = dict(tasks=[(0, 0), (8, 8)], seeds=[3, 4], episodes=2, progress=False)
+    a = rollout(model, "darkroom", backend="cache", **kw)
+    b = rollout(model, "darkroom", backend="recompute", **kw)
+    assert (a.returns == b.returns).all()
+
+
+def test_rollouts_are_seeded(model):
+    kw = dict(tasks=[(1, 1)], episodes=3, progress=False)
+    first = rollout(model, "darkroom", seeds=[0, 1, 2], **kw).returns
+    assert (first == rollout(model, "darkroom", seeds=[0, 1, 2], **kw).returns).all()
+    assert not (first == rollout(model, "darkroom", seeds=[5, 6, 7], **kw).returns).all()
+
+
+def test_bad_input_fails_with_a_message(model):
+    with pytest.raises(ValueError, match="trained on 'darkroom'.*'key-to-door'"):
+        rollout(model, "key-to-door", [(0, 0, 1, 1)], episodes=1, progress=False)
+    with pytest.raises(ValueError, match="longer than the 40 transitions"):
+        rollout(model, "darkroom", [(0, 0)], episodes=1, context=80, backend="recompute", progress=False)

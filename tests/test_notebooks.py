@@ -1,0 +1,45 @@
+"""Notebooks: committed clean, one parameters cell, and headless runs on the tiny profile."""
+
+import json
+from pathlib import Path
+
+import papermill as pm
+import pytest
+
+NB_DIR = Path(__file__).resolve().parent.parent / "notebooks"
+NAMES = ["01_train", "02_extract_attention", "03_metrics", "04_compressors", "05_retrain_eval"]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_committed_without_outputs_with_one_parameters_cell(name):
+    nb = json.loads((NB_DIR / f"{name}.ipynb").read_text())
+    code = [c for c in nb["cells"] if c["cell_type"] == "code"]
+    assert all(not c.get("outputs") and c.get("execution_count") is None for c in code), \
+        f"{name} has outputs: strip them (nbstripout notebooks/*.ipynb)"
+    tagged = [c for c in code if "parameters" in c.get("metadata", {}).get("tags", [])]
+    assert len(tagged) == 1
+    assert "profile" in "".join(tagged[0]["source"])
+
+
+@pytest.fixture(scope="module")
+def executed(tmp_path_factory):
+    """Run the notebooks in order, headless, on the tiny profile (papermill)."""
+    work = tmp_path_factory.mktemp("nb")
+    out = {}
+    for name in NAMES:
+        out[name] = pm.execute_notebook(str(NB_DIR / f"{name}.ipynb"), str(work / f"{name}.ipynb"),
+                                        parameters={"profile": "tiny", "run_dir": str(work / "run")},
+                                        cwd=str(work), kernel_name="python3", execution_timeout=600,
+                                        progress_bar=False)
+    return work, out
+
+
+@pytest.mark.slow
+def test_notebooks_run_headless_on_tiny(executed):
+    work, out = executed
+    assert (work / "run" / "model.safetensors").exists()
+    assert (work / "run" / "eval" / "returns.csv").exists()
+    text = "".join(o.get("text", "") for c in out["01_train"]["cells"] for o in c.get("outputs", []))
+    assert "of optimal" in text
+    figures = [o for c in out["01_train"]["cells"] for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
+    assert len(figures) >= 3  # source curves, loss curves, in-context curve

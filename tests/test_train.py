@@ -1,0 +1,82 @@
+"""Trainer: targets, loss modes, logs, atomic resumable checkpoints, DDP replicas."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+import torch
+
+from adkit.config import load_config
+from adkit.histories import save as save_histories
+from adkit.model import load
+from adkit.train import loss_and_accuracy, lr_at, split_batch, train
+
+
+def test_split_batch_shifts_queries_and_targets():
+    b = {"states": torch.arange(8).view(1, 4, 2), "actions": torch.tensor([[0, 1, 2, 3]]),
+         "rewards": torch.zeros(1, 4), "next_states": torch.zeros(1, 4, 2), "positions": torch.arange(4)[None]}
+    inputs, targets = split_batch(b)
+    assert inputs["actions"].tolist() == [[0, 1, 2]] and targets.tolist() == [[1, 2, 3]]
+    assert inputs["queries"].tolist() == b["states"][:, 1:].tolist()  # q_k = s_{k+1}
+
+
+def test_loss_modes():
+    logits = torch.tensor([[[5.0, 0.0], [0.0, 5.0]]])  # (B=1, L=2, A=2)
+    targets = torch.tensor([[1, 1]])
+    loss_all, acc_all = loss_and_accuracy(logits, targets, "all")
+    loss_last, acc_last = loss_and_accuracy(logits, targets, "last")
+    assert acc_all == 0.5 and acc_last == 1.0
+    assert loss_last.item() == pytest.approx(torch.log1p(torch.exp(torch.tensor(-5.0))).item(), rel=1e-5)
+    assert loss_all > loss_last
+
+
+def test_schedule_warms_up_then_decays(tiny_cfg):
+    t = tiny_cfg.train
+    lrs = [lr_at(s / t.steps, t, s) for s in range(t.steps + 1)]
+    peak = lrs.index(max(lrs))
+    assert peak == t.warmup_steps - 1 and lrs[0] < lrs[peak]
+    assert lrs[-1] == pytest.approx(t.lr * t.min_lr_ratio)
+
+
+def test_train_writes_checkpoint_log_and_learns(tmp_path, tiny_cfg, tiny_hist):
+    run = train(tiny_cfg, tiny_hist, tmp_path / "run", progress=False)
+    for name in ("model.safetensors", "model.json", "config.yaml", "train_log.csv", "train_state.json"):
+        assert (run / name).exists()
+    log = pd.read_csv(run / "train_log.csv")
+    assert list(log.columns) == ["step", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "seconds"]
+    assert log["step"].iloc[-1] == tiny_cfg.train.steps
+    assert log["train_loss"].iloc[-1] < log["train_loss"].iloc[0] or log["train_loss"].iloc[-1] < 1.5
+    assert load(run).cfg.env == "darkroom"
+
+
+def test_resume_continues_exactly(tmp_path, tiny_cfg, tiny_hist):
+    whole = train(tiny_cfg, tiny_hist, tmp_path / "whole", progress=False)
+    train(tiny_cfg, tiny_hist, tmp_path / "parts", progress=False, until=12)  # "crash" after 12 steps
+    assert json.loads((tmp_path / "parts" / "train_state.json").read_text())["step"] == 12
+    parts = train(tiny_cfg, tiny_hist, tmp_path / "parts", progress=False)
+    a, b = load(whole).state_dict(), load(parts).state_dict()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], msg=k)
+
+
+def test_histories_for_another_family_are_refused(tmp_path, tiny_hist):
+    cfg = load_config("tiny", {"env": {"name": "key-to-door"}})
+    with pytest.raises(ValueError, match="histories are for 'darkroom'"):
+        train(cfg, tiny_hist, tmp_path / "run", progress=False)
+
+
+@pytest.mark.slow
+def test_torchrun_two_cpu_processes_keep_replicas_identical(tmp_path, tiny_hist):
+    hist = save_histories(tiny_hist, tmp_path / "h.h5")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           "-m", "adkit.cli", "train", "-c", "tiny", "--run-dir", str(tmp_path / "run"), "--histories", str(hist)]
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    sums = json.loads((tmp_path / "run" / "replicas.json").read_text())["checksums"]
+    assert len(sums) == 2 and sums[0] == sums[1]
+    log = pd.read_csv(tmp_path / "run" / "train_log.csv")
+    assert log["step"].iloc[-1] == 30
