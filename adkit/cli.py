@@ -63,10 +63,15 @@ def cmd_evaluate(args) -> int:
     model = load(args.run_dir)
     train_tasks, test_tasks = envs.task_split(cfg.env.name, cfg.env.split_seed, cfg.env.train_ratio)
     tasks = {"test": test_tasks, "train": train_tasks, "all": train_tasks + test_tasks}[args.tasks]
+    compressor = None
     if args.compressor:
-        raise SystemExit("--compressor needs the compressors of adkit.compress; see notebook 04_compressors")
+        from adkit.context import build
+
+        if args.budget is None:
+            raise ValueError("--compressor needs --budget (transitions kept)")
+        compressor = build(args.compressor, args.budget, model, cfg.env.name)
     res = rollout(model, cfg.env.name, tasks, seeds=range(args.seeds or cfg.eval.seeds),
-                  episodes=args.episodes or cfg.eval.episodes, greedy=args.greedy)
+                  episodes=args.episodes or cfg.eval.episodes, greedy=args.greedy, compressor=compressor)
     out = Path(args.out) if args.out else Path(args.run_dir) / "eval" / "returns.csv"
     res.write_csv(out)
     fig = plot_curves(res, title=f"{cfg.env.name}: in-context return on {len(tasks)} tasks")

@@ -131,6 +131,7 @@ class Compressor:
     """Base class: subclasses implement ``score``; ``budget`` says how many to keep."""
 
     budget_arg: ClassVar[str] = "target_length"  # the constructor argument that ``make`` sets
+    needs_attention: ClassVar[bool] = False  # whether ``select`` must be given attention
 
     def __init__(self, target_length: int):
         self.target_length = _count(target_length, self.budget_arg)
@@ -204,6 +205,8 @@ class UniformCompressor(Compressor):
 class AttentionBasedCompressor(Compressor):
     """The top-K transitions by the query row's attention."""
 
+    needs_attention = True
+
     def score(self, h, k):
         return h.need_scores()
 
@@ -213,6 +216,8 @@ class ThresholdCompressor(Compressor):
     ``[min_keep, max_keep]``. The count varies per row but a batch gets ONE length:
     the largest clamped count over rows; rows with fewer above threshold are filled
     with their next-highest transitions (real ones, never padding)."""
+
+    needs_attention = True
 
     budget_arg = "max_keep"
 
@@ -239,6 +244,8 @@ class AdaptiveCompressor(Compressor):
     (means over the last / first ``max(1, n // 4)``) > ``ratio_threshold`` ->
     recency; else normalised entropy (entropy / ln n of the renormalised scores)
     > ``entropy_threshold`` -> uniform; else attention."""
+
+    needs_attention = True
 
     MODES = ("recency", "uniform", "attention")
 
@@ -312,6 +319,8 @@ class HeavyHitterCompressor(Compressor):
     accumulated attention (column sums of the pattern over all query rows, or the
     scores when ``(B, n)`` is given)."""
 
+    needs_attention = True
+
     def __init__(self, target_length: int, recent_ratio: float = 0.5):
         super().__init__(target_length)
         _check(0 <= recent_ratio <= 1, f"recent_ratio must lie in [0, 1], got {recent_ratio!r}")
@@ -327,6 +336,8 @@ class SnapKVCompressor(Compressor):
     max-pooled along keys (odd kernel ``pool``), top-K. The transitions inside the
     observation window (the last ``window - 1``; the last row is the query) are
     always kept (the most recent of them if they exceed K). Needs a pattern."""
+
+    needs_attention = True
 
     def __init__(self, target_length: int, window: int = 8, pool: int = 3):
         super().__init__(target_length)
@@ -425,6 +436,7 @@ class ProfileCompressor(Compressor):
             "heavy": lambda: HeavyHitterCompressor(k, 0.5 if size is None else 1 - min(size, k) / k),
             "full": lambda: NoCompressor(k),
         }[rule]()
+        self.needs_attention = self._inner.needs_attention
 
     def budget(self, h):
         return self._inner.budget(h)

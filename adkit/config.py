@@ -51,7 +51,8 @@ class QLearningConfig:
     gamma: float = 0.9  # discount
     eps_start: float = 1.0  # epsilon-greedy exploration at the first step
     eps_end: float = 0.05  # ... annealed linearly to this at the last step
-    optimistic_init: float = 0.0  # initial Q-value of every (state, action)
+    optimistic_init: float = 0.0  # initial Q-value of every (state, action), and of unvisited ones when planning
+    planning_sweeps: int = 0  # Dyna-Q: value-iteration sweeps over the learned model at each episode end (0: none)
 
 
 @dataclass

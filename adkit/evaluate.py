@@ -11,6 +11,10 @@ Context backends (the same decisions, different cost):
   the sliding-window model the trainer fits (see :mod:`adkit.model`).
 * ``recompute``: DICP's way, the last ``n_transit`` transitions re-encoded from
   scratch at every step, O(n_transit^2) per step.
+* with a ``compressor`` (training-free compression): at every step the last
+  ``n_transit`` transitions are compressed to the compressor's budget (see
+  :mod:`adkit.context`) and the kept ones re-encoded, O(budget^2) per step plus,
+  for attention-based strategies, the full-window pass that scores them.
 
 The first action of a stream has no transition to condition on and is drawn
 uniformly at random (as a fresh source learner's would be).
@@ -28,6 +32,7 @@ import torch
 from tqdm.auto import tqdm
 
 from adkit import envs
+from adkit.context import compress_tokens, query_attention
 from adkit.io import atomic_path
 
 CSV_FIELDS = ["task", "seed", "episode", "return", "optimal"]
@@ -41,6 +46,7 @@ class RolloutResult:
     optimal: np.ndarray  # (n_tasks,) optimal return of each task
     seconds: float  # wall-clock of the rollout
     steps: int  # environment steps per stream
+    history: History | None = None  # every transition of every stream (contexts at any decision)
 
     def rows(self) -> list[dict]:
         """Tidy rows ``task, seed, episode, return, optimal`` (episodes counted from 1)."""
@@ -90,8 +96,13 @@ def check_model_for(model, env_name: str, context: int | None = None) -> None:
 
 @torch.no_grad()
 def rollout(model, env_name: str, tasks, seeds=(0, 1, 2), episodes: int = 50, greedy: bool = False,
-            backend: str = "cache", context: int | None = None, progress: bool = True) -> RolloutResult:
-    """Run the model in context on ``tasks`` x ``seeds`` streams for ``episodes`` episodes each."""
+            backend: str = "cache", context: int | None = None, compressor=None,
+            progress: bool = True) -> RolloutResult:
+    """Run the model in context on ``tasks`` x ``seeds`` streams for ``episodes`` episodes each.
+
+    ``compressor`` (an :mod:`adkit.compress` strategy) compresses the context at
+    every decision; it implies re-encoding, whatever ``backend`` says.
+    """
     check_model_for(model, env_name, context)
     if backend not in ("cache", "recompute"):
         raise ValueError(f"backend must be 'cache' or 'recompute', got {backend!r}")
@@ -111,7 +122,12 @@ def rollout(model, env_name: str, tasks, seeds=(0, 1, 2), episodes: int = 50, gr
         if t == 0:
             actions = torch.randint(0, env.spec_.n_actions, (n,), generator=gen)
         else:
-            if backend == "cache":
+            if compressor is not None:
+                window = hist.window(t, size)
+                attention = query_attention(model, window) if compressor.needs_attention else None
+                ctx = compress_tokens(compressor, window, model.cfg.positions, attention, generator=gen)
+                logits = model(**ctx)[:, -1]  # (n, A)
+            elif backend == "cache":
                 logits = model.step(cache, hist.states[:, t - 1], hist.actions[:, t - 1], hist.rewards[:, t - 1],
                                     hist.next_states[:, t - 1], hist.states[:, t])  # (n, A)
             else:
@@ -125,7 +141,7 @@ def rollout(model, env_name: str, tasks, seeds=(0, 1, 2), episodes: int = 50, gr
     seconds = time.perf_counter() - t0
     returns = rewards.reshape(len(tasks), len(seeds), episodes, env.spec_.horizon).sum(-1)
     optimal = np.array([envs.optimal_return(env_name, t) for t in tasks])
-    return RolloutResult(returns, tasks, seeds, optimal, seconds, steps)
+    return RolloutResult(returns, tasks, seeds, optimal, seconds, steps, hist)
 
 
 def summary(res: RolloutResult, last: int = 10) -> dict:

@@ -16,14 +16,26 @@ class QLearner:
     broken at random, so an all-zero table explores instead of repeating action 0.
     The last step of an episode is treated as terminal (no bootstrap), as in the
     published data, since the position alone does not tell the time left.
+
+    With ``planning_sweeps > 0`` it is Dyna-Q with optimism (R-max style): it
+    remembers the outcome of every (state, action) it tried and, at each episode
+    end, runs value-iteration sweeps over that model, unvisited pairs keeping the
+    optimistic value. It then explores untried actions systematically and, once
+    a reward is found, heads for it on the shortest path within an episode or two.
+    (The model is of positions only, so for key-to-door it is an approximation.)
     """
 
     def __init__(self, env: GridVectorEnv, cfg: QLearningConfig, steps: int, seed: int = 0):
         size, n_act = env.spec_.size, env.spec_.n_actions
         self.cfg, self.steps, self.size = cfg, steps, size
-        self.q = np.full((env.num_envs, size * size, n_act), cfg.optimistic_init, np.float64)  # (n, cells, A)
+        shape = (env.num_envs, size * size, n_act)  # (n, cells, A)
+        self.q = np.full(shape, cfg.optimistic_init, np.float64)
         self.rng = np.random.default_rng(seed)
         self.rows = np.arange(env.num_envs)
+        if cfg.planning_sweeps:
+            self.model_next = np.zeros(shape, np.int64)  # next cell of each tried (state, action)
+            self.model_reward = np.zeros(shape, np.float64)
+            self.tried = np.zeros(shape, bool)
 
     def _cell(self, obs: np.ndarray) -> np.ndarray:
         return obs[:, 0].astype(np.int64) * self.size + obs[:, 1]
@@ -41,6 +53,20 @@ class QLearner:
         target = rewards + self.cfg.gamma * self.q[self.rows, s2].max(1) * ~dones
         q_sa = self.q[self.rows, s, actions]
         self.q[self.rows, s, actions] = q_sa + self.cfg.lr * (target - q_sa)
+        if self.cfg.planning_sweeps:
+            self.model_next[self.rows, s, actions] = s2
+            self.model_reward[self.rows, s, actions] = rewards
+            self.tried[self.rows, s, actions] = True
+            if dones.all():  # fixed horizon: every stream ends its episode together
+                self._plan()
+
+    def _plan(self) -> None:
+        """Value iteration on the learned model; untried pairs stay optimistic."""
+        for _ in range(self.cfg.planning_sweeps):
+            v = self.q.max(-1)  # (n, cells)
+            backup = self.model_reward + self.cfg.gamma * np.take_along_axis(
+                v, self.model_next.reshape(len(v), -1), axis=1).reshape(self.q.shape)  # (n, cells, A)
+            self.q = np.where(self.tried, backup, self.cfg.optimistic_init)
 
 
 class NoiseLearner:

@@ -1,0 +1,107 @@
+"""In-context learning quality and cost of a profile, over several training seeds.
+
+    python benchmarks/bench_incontext.py --profile quick [--seeds 0 1 2] [--out benchmarks/results]
+    python benchmarks/bench_incontext.py --profile quick --compare-loss --budget 240
+
+Default mode: collect once (timed), then for each training seed train (timed) and
+evaluate on the held-out tasks (timed); prints per-seed and mean +- std of the
+first-episode and last-10-episode returns (absolute and share of optimal), the
+episode at which AD reaches 80% of optimal, and the source's own per-stream curve
+on the same tasks; saves one figure with AD (band over seeds), source, random and
+optimal.
+
+``--compare-loss``: trains the per-position loss and DICP's last-position loss for
+the same wall-clock budget (seconds) and evaluates both the same way.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+
+from adkit import envs
+from adkit.collect import collect
+from adkit.config import load_config
+from adkit.evaluate import rollout, summary
+from adkit.model import load
+from adkit.pipeline import random_baseline, source_returns
+from adkit.plots import band
+from adkit.train import train
+
+
+def run_seed(cfg, h, run_dir: Path, time_budget: float = 0.0) -> dict:
+    t0 = time.perf_counter()
+    train(cfg, h, run_dir, progress=False, time_budget_s=time_budget)
+    t_train = time.perf_counter() - t0
+    _, test = envs.task_split(cfg.env.name, cfg.env.split_seed, cfg.env.train_ratio)
+    res = rollout(load(run_dir), cfg.env.name, test, seeds=range(cfg.eval.seeds), episodes=cfg.eval.episodes,
+                  progress=False)
+    res.write_csv(run_dir / "eval" / "returns.csv")
+    return {"train_s": t_train, "eval_s": res.seconds, "curve": res.returns.mean((0, 1)).tolist(), **summary(res)}
+
+
+def fmt(values) -> str:
+    v = np.asarray(values, dtype=float)
+    return f"{v.mean():.2f} +- {v.std():.2f}"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--profile", default="quick")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--out", default="benchmarks/results")
+    p.add_argument("--compare-loss", action="store_true")
+    p.add_argument("--budget", type=float, default=240.0, help="seconds of training per loss mode")
+    args = p.parse_args()
+    out = Path(args.out) / args.profile
+    out.mkdir(parents=True, exist_ok=True)
+    cfg = load_config(args.profile)
+    t0 = time.perf_counter()
+    h = collect(cfg, progress=False)
+    t_collect = time.perf_counter() - t0
+    _, test = envs.task_split(cfg.env.name, cfg.env.split_seed, cfg.env.train_ratio)
+    src = source_returns(h, test)  # (streams, episodes)
+    print(f"profile {cfg.profile}: collect {t_collect:.1f} s ({cfg.collect.source}); source on held-out tasks: "
+          f"episode 1 {src[:, 0].mean():.2f}, last 10 {src[:, -10:].mean():.2f}")
+    if args.compare_loss:
+        results = {}
+        for mode in ("all", "last"):
+            c = load_config(args.profile, {"train": {"loss": mode, "steps": 10**6}})
+            results[mode] = r = run_seed(c, h, out / f"loss-{mode}", time_budget=args.budget)
+            print(f"loss={mode:4s} budget {args.budget:.0f} s: last-10 return {r['last_mean']:.2f} "
+                  f"({100 * r['last_share']:.0f}% of optimal), first {r['first_episode']:.2f}")
+        (out / "compare_loss.json").write_text(json.dumps(results, indent=1))
+        return
+    runs = []
+    for seed in args.seeds:
+        c = load_config(args.profile, {"train": {"seed": seed}})
+        r = run_seed(c, h, out / f"seed{seed}")
+        runs.append(r)
+        print(f"seed {seed}: train {r['train_s']:.0f} s, eval {r['eval_s']:.1f} s; first episode "
+              f"{r['first_episode']:.2f} ({100 * r['first_share']:.0f}%), last 10 {r['last_mean']:.2f} "
+              f"({100 * r['last_share']:.0f}%), 80% reached at episode {r['episodes_to_80pct']}")
+    opt = runs[0]["optimal_mean"]
+    print(f"mean over {len(runs)} seeds: first episode {fmt([r['first_episode'] for r in runs])}, "
+          f"last 10 episodes {fmt([r['last_mean'] for r in runs])} of optimal {opt:.2f} "
+          f"({fmt([100 * r['last_share'] for r in runs])} %); collect+train+eval per seed "
+          f"{t_collect + np.mean([r['train_s'] + r['eval_s'] for r in runs]):.0f} s")
+    fig, ax = plt.subplots(figsize=(7, 4))
+    curves = np.array([r["curve"] for r in runs])  # (seeds, episodes)
+    x = np.arange(1, curves.shape[1] + 1)
+    band(ax, x, curves, f"AD ({len(runs)} training seeds)")
+    band(ax, np.arange(1, src.shape[1] + 1), src, f"source: {cfg.collect.source} (per stream)", color="tab:gray")
+    ax.axhline(random_baseline(cfg, test), color="tab:red", ls=":", label="random")
+    ax.axhline(opt, color="k", ls="--", label=f"optimal ({opt:.2f})")
+    ax.set(xlabel="episode", ylabel="return", title=f"{cfg.env.name} held-out tasks, profile {cfg.profile}")
+    ax.legend(fontsize=8)
+    fig.savefig(out / "incontext.png", dpi=120, bbox_inches="tight")
+    (out / "incontext.json").write_text(json.dumps({"collect_s": t_collect, "runs": runs}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
