@@ -63,14 +63,21 @@ class NoiseConfig:
 
 
 @dataclass
+class PSRLConfig:
+    memory: int = 4  # episodes remembered (match the model's context: n_transit / horizon)
+    eps: float = 0.05  # probability of a uniform-random action
+
+
+@dataclass
 class CollectConfig:
-    source: str = "ppo"  # learning algorithm whose histories are distilled: ppo, qlearning, noise
+    source: str = "ppo"  # learning algorithm whose histories are distilled: ppo, qlearning, noise, psrl
     streams: int = 100  # independent learning streams per task
     steps: int = 1000  # environment steps per stream (Darkroom: 50 episodes of 20)
     seed: int = 0  # seed of the source algorithm (networks, exploration)
     ppo: PPOConfig = field(default_factory=PPOConfig)
     qlearning: QLearningConfig = field(default_factory=QLearningConfig)
     noise: NoiseConfig = field(default_factory=NoiseConfig)
+    psrl: PSRLConfig = field(default_factory=PSRLConfig)
 
 
 @dataclass

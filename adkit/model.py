@@ -172,8 +172,10 @@ class ADTransformer(nn.Module):
         self.cfg = cfg
         s = env_spec(cfg.env)
         self.grid_size, self.n_actions = s.size, s.n_actions
-        n_cells, d = s.size * s.size, cfg.tf_n_embd
-        self.emb_state, self.emb_next, self.emb_query = (nn.Embedding(n_cells, d) for _ in range(3))
+        d = cfg.tf_n_embd
+        # a position is embedded as row + column (per role), so "rewarded at row r" transfers to every
+        # column: goals never seen in training are reached in context
+        self.emb_state, self.emb_next, self.emb_query = (nn.Embedding(2 * s.size, d) for _ in range(3))
         self.emb_action = nn.Embedding(s.n_actions, d)
         self.emb_reward = nn.Linear(1, d)
         self.drop = nn.Dropout(cfg.tf_dropout)
@@ -194,16 +196,16 @@ class ADTransformer(nn.Module):
             nn.init.zeros_(m.bias)
 
     # ---- inputs -------------------------------------------------------------------------
-    def _cell(self, xy: torch.Tensor) -> torch.Tensor:
-        """(…, 2) positions -> (…,) cell index."""
+    def _pos(self, table: nn.Embedding, xy: torch.Tensor) -> torch.Tensor:
+        """(…, 2) grid positions -> (…, d): row embedding + column embedding."""
         xy = xy.long()
-        return xy[..., 0] * self.grid_size + xy[..., 1]
+        return table(xy[..., 0]) + table(xy[..., 1] + self.grid_size)
 
     def embed(self, states, actions, rewards, next_states, queries) -> torch.Tensor:
         """Token embeddings (B, L, d) from transitions (B, L, ·) and decision states (B, L, 2)."""
-        x = (self.emb_state(self._cell(states)) + self.emb_action(actions.long())
-             + self.emb_reward(rewards.float()[..., None]) + self.emb_next(self._cell(next_states))
-             + self.emb_query(self._cell(queries)))
+        x = (self._pos(self.emb_state, states) + self.emb_action(actions.long())
+             + self.emb_reward(rewards.float()[..., None]) + self._pos(self.emb_next, next_states)
+             + self._pos(self.emb_query, queries))
         return self.hook_embed(self.drop(x))
 
     def hook_points(self) -> dict[str, HookPoint]:

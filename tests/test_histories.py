@@ -26,11 +26,26 @@ def test_shapes_and_true_next_states(hist):
     assert not (ends == 4).all()  # not the reset state
 
 
-@pytest.mark.parametrize("source", ["noise", "qlearning"])
-def test_sources_learn(source):
-    h = collect(from_dict({"collect": {"source": source, "streams": 4, "steps": 1000}}), progress=False)
+DYNA = {"lr": 1.0, "gamma": 0.9, "optimistic_init": 10.0, "eps_start": 0.0, "eps_end": 0.0, "planning_sweeps": 20}
+
+
+@pytest.mark.parametrize("source,extra", [("noise", {}), ("qlearning", {}), ("qlearning", {"qlearning": DYNA}),
+                                          ("psrl", {})])
+def test_sources_learn(source, extra):
+    h = collect(from_dict({"collect": {"source": source, "streams": 4, "steps": 1000, **extra}}), progress=False)
     ret = h.episode_returns().mean((0, 1))  # (50,)
-    assert ret[:3].mean() < 1.5 and ret[-5:].mean() > 3 * ret[:3].mean()
+    assert ret[0] < 3 and ret[-5:].mean() > 3 * ret[:3].mean()
+
+
+def test_psrl_finds_goals_fast_and_needs_a_single_goal():
+    h = collect(from_dict({"collect": {"source": "psrl", "streams": 8, "steps": 400, "psrl": {"eps": 0.0}}}),
+                progress=False)
+    ret = h.episode_returns()  # (81, 8, 20)
+    share = ret / np.array([min(20, 21 - abs(r - 4) - abs(c - 4)) for r, c in h.tasks])[:, None, None]
+    assert share[..., 0].mean() < 0.5 and share[..., -5:].mean() > 0.9
+    with pytest.raises(ValueError, match="single-goal"):
+        collect(from_dict({"env": {"name": "key-to-door"}, "collect": {"source": "psrl", "streams": 1,
+                                                                        "steps": 50}}), progress=False)
 
 
 def test_round_trip(tmp_path, hist):

@@ -5,9 +5,9 @@ from __future__ import annotations
 from adkit.config import CollectConfig
 from adkit.envs import GridVectorEnv
 from adkit.sources.base import Learner, record
-from adkit.sources.tabular import NoiseLearner, QLearner
+from adkit.sources.tabular import NoiseLearner, PosteriorSampler, QLearner
 
-SOURCES = ("ppo", "qlearning", "noise")
+SOURCES = ("ppo", "qlearning", "noise", "psrl")
 
 
 def make_learner(env: GridVectorEnv, cfg: CollectConfig) -> Learner:
@@ -20,6 +20,8 @@ def make_learner(env: GridVectorEnv, cfg: CollectConfig) -> Learner:
         return QLearner(env, cfg.qlearning, cfg.steps, cfg.seed)
     if cfg.source == "noise":
         return NoiseLearner(env, cfg.noise, cfg.steps, cfg.seed)
+    if cfg.source == "psrl":
+        return PosteriorSampler(env, cfg.psrl, cfg.steps, cfg.seed)
     raise ValueError(f"unknown source {cfg.source!r}; choose one of {SOURCES}")
 
 

@@ -1,10 +1,10 @@
-"""Cheap sources with clear learning curves: tabular Q-learning and noise distillation."""
+"""Cheap sources with clear learning curves: tabular Q-learning, noise distillation, posterior sampling."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from adkit.config import NoiseConfig, QLearningConfig
+from adkit.config import NoiseConfig, PSRLConfig, QLearningConfig
 from adkit.envs import GridVectorEnv
 from adkit.sources.base import linear
 
@@ -92,3 +92,61 @@ class NoiseLearner:
 
     def observe(self, *args, **kwargs) -> None:
         """Noise distillation does not learn."""
+
+
+class PosteriorSampler:
+    """Posterior sampling for goal-finding tasks, with a memory of ``memory`` episodes.
+
+    The goal is one unknown cell. Each episode the learner samples a target from
+    the cells it has not visited in its memory (the posterior, uniform) and walks
+    there; a target visited without reward is resampled; once a reward has been
+    seen in memory it heads for that cell and stays. Actions are uniform-random
+    with probability ``eps``.
+
+    Its behaviour depends only on the last ``memory`` episodes, so a model whose
+    context spans them can imitate it exactly: sources whose state reaches
+    further back than the context (e.g. a Q-table) cannot be distilled as well.
+    Darkroom and Darkroom-Hard only.
+    """
+
+    def __init__(self, env: GridVectorEnv, cfg: PSRLConfig, steps: int, seed: int = 0):
+        s = env.spec_
+        if s.task_dim != 2 or s.reward not in ("every", "once"):
+            raise ValueError(f"the psrl source needs a single-goal task family, not {s.name!r}")
+        self.env, self.cfg, self.size = env, cfg, s.size
+        n, cells = env.num_envs, s.size * s.size
+        self.visited = np.zeros((n, cfg.memory, cells), bool)  # (n, memory, cells) per remembered episode
+        self.rewarded = np.zeros((n, cfg.memory, cells), bool)
+        self.rows = np.arange(n)
+        self.rng = np.random.default_rng(seed)
+        self.target = np.zeros(n, np.int64)
+        self.slot = 0  # memory slot of the current episode
+        self._resample(np.ones(n, bool))
+
+    def _resample(self, mask: np.ndarray) -> None:
+        """New targets for ``mask``: a remembered rewarded cell, else an unvisited one at random."""
+        free = ~self.visited.any(1)  # (n, cells)
+        free[~free.any(1)] = True  # everything visited: any cell
+        u = self.rng.random(free.shape) * free  # uniform choice among free cells
+        pick = u.argmax(1)
+        seen = self.rewarded.any(1)  # (n, cells)
+        self.target = np.where(mask, np.where(seen.any(1), seen.argmax(1), pick), self.target)
+
+    def act(self, obs: np.ndarray, t: int) -> np.ndarray:
+        d = np.stack(divmod(self.target, self.size), 1) - obs  # (n, 2) to target
+        useful = np.stack([d[:, 0] > 0, d[:, 0] < 0, d[:, 1] > 0, d[:, 1] < 0, (d == 0).all(1)], 1)  # (n, 5)
+        choice = (self.rng.random(useful.shape) * useful).argmax(1)  # a random useful move
+        explore = self.rng.random(len(obs)) < self.cfg.eps
+        return np.where(explore, self.rng.integers(0, 5, len(obs)), choice)
+
+    def observe(self, obs, actions, rewards, next_obs, dones, reset_obs, t) -> None:
+        cell = next_obs[:, 0].astype(np.int64) * self.size + next_obs[:, 1]
+        self.visited[self.rows, self.slot, cell] = True
+        self.rewarded[self.rows, self.slot, cell] |= rewards > 0
+        if dones.all():  # fixed horizon: every stream starts a new episode
+            self.slot = (self.slot + 1) % self.cfg.memory
+            self.visited[:, self.slot] = False
+            self.rewarded[:, self.slot] = False
+            self._resample(np.ones(len(obs), bool))
+        else:
+            self._resample((cell == self.target) & (rewards <= 0))
