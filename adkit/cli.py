@@ -5,6 +5,7 @@
     adkit train -c CONFIG --run-dir DIR   checkpoint, resolved config, training log
     adkit evaluate --run-dir DIR          in-context returns on the held-out tasks (CSV + figure)
     adkit compress --demo                 what each compressor keeps, on dummy data
+    adkit attention --run-dir DIR         attention file, insight report, figures (RUN/attention, RUN/figs)
     adkit demo [--profile quick]          the five notebooks headless, then figs/REPORT.md
 """
 
@@ -99,6 +100,23 @@ def cmd_compress(args) -> int:
     return 0
 
 
+def cmd_attention(args) -> int:
+    from adkit.attention import attention_path, extract_run
+    from adkit.attention_plots import save_figures
+    from adkit.insights import analyze_run
+
+    extract_run(args.run_dir, source=args.source, samples=args.samples, seed=args.seed)
+    insights = analyze_run(args.run_dir, source=args.source, seed=args.seed)
+    print(insights.report)
+    print(insights.ablation.verdict)
+    figs = Path(args.figs) if args.figs else Path(args.run_dir) / "figs"
+    paths = save_figures(insights.record, figs, insights.ablation)
+    out = attention_path(args.run_dir)
+    print(f"wrote {out}, {out.parent / 'insights.md'}, {out.parent / 'insights.json'} "
+          f"and {len(paths)} figures under {figs / 'attention'}")
+    return 0
+
+
 def cmd_demo(args) -> int:
     from adkit.demo import run_demo
 
@@ -140,6 +158,16 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("compress", help="compressor demo on dummy data")
     s.add_argument("--demo", action="store_true")
     s.set_defaults(fn=cmd_compress)
+
+    s = sub.add_parser("attention", help="extract attention, print the insight report, save figures")
+    s.add_argument("--run-dir", required=True)
+    s.add_argument("--source", choices=["windows", "rollout"], default="windows",
+                   help="contexts: windows of the train histories, or rollouts on held-out tasks")
+    s.add_argument("--samples", type=int, default=None,
+                   help="windows (default 256), or rollout trajectories (default all)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--figs", default=None, help="figure root (default: RUN/figs); figures go to FIGS/attention/")
+    s.set_defaults(fn=cmd_attention)
 
     s = sub.add_parser("demo", help="run the five notebooks headless and write figs/REPORT.md")
     s.add_argument("--profile", default="quick")
