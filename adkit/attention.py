@@ -181,14 +181,15 @@ def _select(which: Sequence[int] | None, n: int, what: str) -> list[int]:
 
 @torch.no_grad()
 def extract(model, inputs: dict[str, torch.Tensor], layers: Sequence[int] | None = None,
-            heads: Sequence[int] | None = None, batch_size: int = 128) -> tuple[torch.Tensor, torch.Tensor]:
+            heads: Sequence[int] | None = None, batch_size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
     """Attention patterns and the query's action logits, one forward pass per chunk of contexts.
 
     Args:
         model: an :class:`adkit.model.ADTransformer` (run in eval mode, restored after).
         inputs: model inputs (B, T, ·), ``positions`` included.
         layers, heads: which to keep (default all); the others are never copied.
-        batch_size: contexts per forward pass (bounds the explicit-softmax memory).
+        batch_size: contexts per forward pass; small chunks keep the explicit softmax in cache
+            (on 2 CPU cores 64 is ~1.5x faster per context than 512).
 
     Returns ``patterns`` (len(layers), B, len(heads), T, T) float32 on the CPU and the
     last position's logits (B, A).
@@ -310,7 +311,7 @@ def build_record(contexts: Contexts, patterns, logits, meta: dict, layers: Seque
 
 
 def record_contexts(model, contexts: Contexts, source: str, seed: int = 0, layers=None, heads=None,
-                    batch_size: int = 128) -> AttentionRecord:
+                    batch_size: int = 64) -> AttentionRecord:
     """Extract the attention of ``model`` on ``contexts`` and wrap it with its metadata."""
     cfg = model.cfg
     layers, heads = _select(layers, cfg.tf_n_layer, "layer"), _select(heads, cfg.tf_n_head, "head")
@@ -340,8 +341,9 @@ def save_record(record: AttentionRecord, path: str | Path) -> Path:
             g.attrs.update({k: v for k, v in record.meta.items()})
             g.attrs.update(layers=list(record.layers), heads=list(record.heads))
             L, B, H, T, _ = record.patterns.shape
-            g.create_dataset("patterns", data=record.patterns.astype(np.float16),
-                             chunks=(1, min(B, CHUNK_SAMPLES), 1, T, T))
+            patterns = g.create_dataset("patterns", data=record.patterns.astype(np.float16),
+                                        chunks=(1, min(B, CHUNK_SAMPLES), 1, T, T))
+            patterns.attrs["dims"] = "layer, sample, head, query, key"
             for name, value in {**record.tokens, **record.samples}.items():
                 g.create_dataset(name, data=value)
     return path

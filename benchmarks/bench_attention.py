@@ -18,7 +18,9 @@ with random weights reads random contexts of ``--transit`` consecutive transitio
 
 ``--baseline-layers`` / ``--baseline-contexts`` time the baseline on fewer layers or
 contexts and scale it linearly (its cost is a sum of identical per-layer, per-sample
-steps); the output says when it did. Prints seconds and ratios.
+steps); the output says when it did. Prints wall-clock and CPU seconds and their
+ratios: on a 2-core machine shared with other jobs the wall clock is inflated by the
+load, the CPU time of a one-thread run is not (it is the wall clock of an idle machine).
 """
 
 from __future__ import annotations
@@ -61,17 +63,21 @@ def original_pattern(model, inputs, b: int, layer: int) -> torch.Tensor:
     return cache["pattern", layer][0]
 
 
-def original_extraction(model, inputs, layers: int, contexts: int) -> float:
-    t0 = time.perf_counter()
+def timed(fn, *args) -> tuple[float, float]:
+    """Wall-clock and CPU seconds of ``fn(*args)`` (CPU time is what a busy shared machine does not inflate)."""
+    t0, c0 = time.perf_counter(), time.process_time()
+    fn(*args)
+    return time.perf_counter() - t0, time.process_time() - c0
+
+
+def original_extraction(model, inputs, layers: int, contexts: int) -> None:
     for layer in range(layers):
         for b in range(contexts):
             original_pattern(model, inputs, b, layer)
-    return time.perf_counter() - t0
 
 
-def original_figures(model, inputs, layers: int, samples: int, out: Path) -> float:
+def original_figures(model, inputs, layers: int, samples: int, out: Path) -> None:
     """The original's figure loop: re-run per layer and sample, seaborn heatmaps, 300-dpi PNGs."""
-    t0 = time.perf_counter()
     for layer in range(layers):
         folder = out / f"layer_{layer}"
         folder.mkdir(parents=True, exist_ok=True)
@@ -106,7 +112,11 @@ def original_figures(model, inputs, layers: int, samples: int, out: Path) -> flo
         fig.tight_layout()
         fig.savefig(folder / f"attention_summary_layer{layer}.png", dpi=300, bbox_inches="tight")
         plt.close(fig)
-    return time.perf_counter() - t0
+
+
+def adkit_figures(model, samples: int, transit: int, out: Path) -> None:
+    record = record_contexts(model, random_contexts(samples, transit, seed=1), "windows")
+    save_original_set(record, out, samples, stats=layer_stats(record))
 
 
 def main() -> None:
@@ -129,36 +139,30 @@ def main() -> None:
           f"torch threads {torch.get_num_threads()}; output in {out}")
 
     extract(model, {k: v[:64] for k, v in ctx.inputs.items()})  # warm-up
-    times = []
-    for _ in range(3):
-        t0 = time.perf_counter()
-        extract(model, ctx.inputs)
-        times.append(time.perf_counter() - t0)
+    runs = [timed(extract, model, ctx.inputs) for _ in range(3)]
+    wall, cpu = min(runs)
     record = record_contexts(model, ctx, "windows")
-    t0 = time.perf_counter()
-    save_record(record, out / "attention.h5")
-    t_write = time.perf_counter() - t0
+    t_write, _ = timed(save_record, record, out / "attention.h5")
     bl, bc = args.baseline_layers or L, args.baseline_contexts or args.contexts
-    t_orig = original_extraction(model, ctx.inputs, bl, bc) * (L / bl) * (args.contexts / bc)
-    scaled = " (scaled from {} layers x {} contexts)".format(bl, bc) if (bl, bc) != (L, args.contexts) else ""
-    best = min(times)
-    print(f"\n1. extraction, all layers and heads, {args.contexts} contexts x {args.transit} transitions")
-    print(f"   adkit, one batched pass      {best:7.2f} s (best of 3; runs {', '.join(f'{t:.2f}' for t in times)}; "
-          f"target 2 s)")
-    print(f"   + write float16 file         {t_write:7.2f} s ({(out / 'attention.h5').stat().st_size / 2**20:.0f} MiB)")
-    print(f"   original, per layer x sample {t_orig:7.2f} s{scaled}   ratio {t_orig / best:.1f}x")
+    scale = (L / bl) * (args.contexts / bc)
+    o_wall, o_cpu = (t * scale for t in timed(original_extraction, model, ctx.inputs, bl, bc))
+    scaled = f" (scaled from {bl} layers x {bc} contexts)" if scale != 1 else ""
+    print(f"\n1. extraction, all layers and heads, {args.contexts} contexts x {args.transit} transitions "
+          "(wall / CPU seconds)")
+    print(f"   adkit, one batched pass      {wall:6.2f} / {cpu:5.2f} s   (best of 3 runs; target 2 s)")
+    print(f"   + write float16 file         {t_write:6.2f} s   ({(out / 'attention.h5').stat().st_size / 2**20:.0f} MiB)")
+    print(f"   original, per layer x sample {o_wall:6.2f} / {o_cpu:5.2f} s{scaled}   "
+          f"ratio {o_wall / wall:.1f}x wall, {o_cpu / cpu:.1f}x CPU")
 
-    n_figs = L * (2 * args.samples + 1)
-    t0 = time.perf_counter()
-    small = record_contexts(model, random_contexts(args.samples, args.transit, seed=1), "windows")
-    save_original_set(small, out / "adkit_figs", args.samples, stats=layer_stats(small))
-    t_ours = time.perf_counter() - t0
-    t_base = original_figures(model, random_contexts(args.samples, args.transit, seed=1).inputs, bl, args.samples,
-                              out / "original_figs") * (L / bl)
+    f_wall, f_cpu = timed(adkit_figures, model, args.samples, args.transit, out / "adkit_figs")
+    inputs = random_contexts(args.samples, args.transit, seed=1).inputs
+    b_wall, b_cpu = (t * L / bl for t in timed(original_figures, model, inputs, bl, args.samples,
+                                                  out / "original_figs"))
     scaled = f" (scaled from {bl} layers)" if bl != L else ""
-    print(f"\n2. the original figure set, {L} layers x {args.samples} samples ({n_figs} PNGs)")
-    print(f"   adkit (extract + 120 dpi)    {t_ours:7.2f} s (target 30 s)")
-    print(f"   original (re-run, 300 dpi)   {t_base:7.2f} s{scaled}   ratio {t_base / t_ours:.1f}x")
+    print(f"\n2. the original figure set, {L} layers x {args.samples} samples ({L * (2 * args.samples + 1)} PNGs)")
+    print(f"   adkit (extract + 120 dpi)    {f_wall:6.2f} / {f_cpu:5.2f} s   (target 30 s)")
+    print(f"   original (re-run, 300 dpi)   {b_wall:6.2f} / {b_cpu:5.2f} s{scaled}   "
+          f"ratio {b_wall / f_wall:.1f}x wall, {b_cpu / f_cpu:.1f}x CPU")
 
 
 if __name__ == "__main__":
