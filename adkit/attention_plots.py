@@ -41,16 +41,21 @@ def _boundaries(episode: np.ndarray) -> np.ndarray:
 
 
 def _step_axis(ax, record: AttentionRecord, sample: int, axis: str = "x") -> None:
-    """Ticks at episode starts (and the last token) labelled with stream steps; dashed episode boundaries."""
+    """Ticks at episode starts (and the last token) labelled with stream steps; dashed episode boundaries.
+
+    Boundaries drawn by an earlier call on the same axes are replaced, so a figure can be redrawn in place.
+    """
     positions, episode = record.tokens["positions"][sample], record.tokens["episode"][sample]
     T, starts = len(positions), _boundaries(episode)
     inner = starts[(starts > T // 20) & (starts < T - 1 - T // 20)]  # not crowding the first and last ticks
     ticks = np.concatenate([[0], inner, [T - 1]])
+    for old in [line for line in ax.lines if line.get_gid() == "episode boundary"]:
+        old.remove()
     for name in axis:
         getattr(ax, f"set_{name}ticks")(ticks, [str(positions[t]) for t in ticks], fontsize=7)
         line = ax.axvline if name == "x" else ax.axhline
         for s in starts:
-            line(s - 0.5, color="0.3", ls="--", lw=0.7)
+            line(s - 0.5, color="0.3", ls="--", lw=0.7, gid="episode boundary")
 
 
 def _vmax(patterns: np.ndarray) -> float:
@@ -74,27 +79,35 @@ def _title(record: AttentionRecord, sample: int) -> str:
 # ---- the original set -------------------------------------------------------------------------------
 
 
-def plot_heatmaps(record: AttentionRecord, sample: int, layer: int):
-    """Per-head heatmaps of one sample and layer (2 rows beyond 2 heads, as the original), one colour scale."""
+def plot_heatmaps(record: AttentionRecord, sample: int, layer: int, fig=None):
+    """Per-head heatmaps of one sample and layer (2 rows beyond 2 heads, as the original), one colour scale.
+
+    ``fig``: a figure an earlier call made for this record, redrawn in place (about half
+    the cost of a new one: the figure set draws 20 of these).
+    """
     heads = record.heads
-    rows = 2 if len(heads) > 2 else 1
-    cols = -(-len(heads) // rows)
-    fig, axes = plt.subplots(rows, cols, figsize=(4.3 * cols + 1.2, 4.0 * rows + 0.4), squeeze=False,
-                             sharex=True, sharey=True)  # one sample: the same steps on every panel
-    fig.subplots_adjust(left=0.09, right=0.86, bottom=0.08, top=0.9, wspace=0.32, hspace=0.38)
+    if fig is None:
+        rows = 2 if len(heads) > 2 else 1
+        cols = -(-len(heads) // rows)
+        fig, axes = plt.subplots(rows, cols, figsize=(4.3 * cols + 1.2, 4.0 * rows + 0.4), squeeze=False,
+                                 sharex=True, sharey=True)  # one sample: the same steps on every panel
+        fig.subplots_adjust(left=0.09, right=0.86, bottom=0.08, top=0.9, wspace=0.32, hspace=0.38)
+        for ax in axes.flat[len(heads):]:
+            ax.remove()
+        for ax in axes[-1]:
+            ax.set_xlabel("key: transition (stream step)")
+        for ax in axes[:, 0]:
+            ax.set_ylabel("query token (stream step)")
+        empty = np.zeros((record.seq_len, record.seq_len))
+        images = [ax.imshow(empty, cmap=CMAP, interpolation="nearest") for ax in axes.flat[:len(heads)]]
+        fig.colorbar(images[-1], ax=axes.ravel().tolist(), fraction=0.03, pad=0.03, extend="max", label="attention")
     patterns = record.layer(layer)[sample]  # (heads, T, T)
     vmax = _vmax(patterns)
-    for ax, head, pattern in zip(axes.flat, heads, patterns):
-        im = ax.imshow(pattern, cmap=CMAP, vmin=0, vmax=vmax, interpolation="nearest")
+    for ax, head, pattern in zip(fig.axes, heads, patterns):
+        ax.images[0].set_data(pattern)
+        ax.images[0].set_clim(0, vmax)
         _step_axis(ax, record, sample, "xy")
         ax.set_title(f"head {head}", y=TITLE_Y)
-    for ax in axes[-1]:
-        ax.set_xlabel("key: transition (stream step)")
-    for ax in axes[:, 0]:
-        ax.set_ylabel("query token (stream step)")
-    for ax in axes.flat[len(heads):]:
-        ax.remove()
-    fig.colorbar(im, ax=axes.ravel().tolist(), fraction=0.03, pad=0.03, extend="max", label="attention")
     fig.suptitle(f"Attention heatmap, layer {layer}: {_title(record, sample)}", fontsize=11)
     return fig
 
@@ -109,28 +122,38 @@ def received_attention(pattern: np.ndarray) -> np.ndarray:
     return pattern.sum(-2) / (T - np.arange(T))
 
 
-def plot_lines(record: AttentionRecord, sample: int, layer: int):
-    """Left: the query row (heads averaged); right: mean attention received per key."""
+def plot_lines(record: AttentionRecord, sample: int, layer: int, fig=None):
+    """Left: the query row (heads averaged); right: mean attention received per key.
+
+    ``fig``: a figure an earlier call made for this record, redrawn in place.
+    """
     pattern = record.pattern(layer, sample)  # (T, T)
     T = pattern.shape[-1]
     rewarded = np.flatnonzero(record.tokens["rewards"][sample] > 0)
-    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4))
-    left.plot(pattern[-1], marker="o", lw=1.5, ms=3)
-    left.scatter(rewarded, pattern[-1, rewarded], marker="*", s=60, color="tab:green", zorder=3,
-                 label="rewarded transition")
-    left.set_title("Query token attention to history", y=TITLE_Y)
-    left.set_ylabel("attention weight")
-    right.stairs(received_attention(pattern), np.arange(T + 1) - 0.5, fill=True, color="steelblue", alpha=0.8)
-    right.set_title("Average attention to each position", y=TITLE_Y)
-    right.set_ylabel("mean attention from later queries")
+    if fig is None:
+        fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4))
+        fig.subplots_adjust(left=0.08, right=0.98, bottom=0.13, top=0.85, wspace=0.22)
+        left.plot(np.arange(T), np.zeros(T), marker="o", lw=1.5, ms=3)
+        left.scatter([], [], marker="*", s=60, color="tab:green", zorder=3, label="rewarded transition")
+        left.set_title("Query token attention to history", y=TITLE_Y)
+        left.set_ylabel("attention weight")
+        right.stairs(np.zeros(T), np.arange(T + 1) - 0.5, fill=True, color="steelblue", alpha=0.8)
+        right.set_title("Average attention to each position", y=TITLE_Y)
+        right.set_ylabel("mean attention from later queries")
+        for ax in (left, right):
+            ax.axvline(T - 1, color="r", ls="--", alpha=0.7, label="query position")
+            ax.set_xlabel("context position (stream step)")
+            ax.grid(alpha=0.3)
+        left.legend(fontsize=8)
+    left, right = fig.axes
+    left.lines[0].set_ydata(pattern[-1])
+    left.collections[0].set_offsets(np.column_stack([rewarded, pattern[-1, rewarded]]))
+    right.patches[0].set_data(received_attention(pattern))
     for ax in (left, right):
-        ax.axvline(T - 1, color="r", ls="--", alpha=0.7, label="query position")
         _step_axis(ax, record, sample)
-        ax.set_xlabel("context position (stream step)")
-        ax.grid(alpha=0.3)
-    left.legend(fontsize=8)
+        ax.relim()
+        ax.autoscale_view()
     fig.suptitle(f"Attention patterns, layer {layer}: {_title(record, sample)}", fontsize=11)
-    fig.subplots_adjust(left=0.08, right=0.98, bottom=0.13, top=0.85, wspace=0.22)
     return fig
 
 
@@ -278,11 +301,12 @@ def plot_ablation(result: AblationResult):
 # ---- saving ---------------------------------------------------------------------------------------------
 
 
-def _save(fig, path: Path, dpi: int) -> Path:
-    """Save a PNG (fast zlib level: the figure set is 44 files) and close the figure."""
+def _save(fig, path: Path, dpi: int, close: bool = True) -> Path:
+    """Save a PNG (fast zlib level: the figure set is 44 files) and close the figure unless reused."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=dpi, pil_kwargs={"compress_level": 1})
-    plt.close(fig)
+    if close:
+        plt.close(fig)
     return path
 
 
@@ -295,13 +319,17 @@ def save_original_set(record: AttentionRecord, figs_root: str | Path, samples: i
     """
     chosen = range(min(samples, record.n_samples)) if isinstance(samples, int) else samples
     stats = stats or layer_stats(record)
-    paths = []
+    paths, heat, lines = [], None, None  # one heatmap and one line figure, redrawn for every sample
     for layer in layers or record.layers:
         out = Path(figs_root) / "attention" / f"layer_{layer}"
         for i in chosen:
-            paths.append(_save(plot_heatmaps(record, i, layer), out / f"attention_heatmap_sample{i}_layer{layer}.png", dpi))
-            paths.append(_save(plot_lines(record, i, layer), out / f"attention_lines_sample{i}_layer{layer}.png", dpi))
+            heat, lines = plot_heatmaps(record, i, layer, heat), plot_lines(record, i, layer, lines)
+            paths.append(_save(heat, out / f"attention_heatmap_sample{i}_layer{layer}.png", dpi, close=False))
+            paths.append(_save(lines, out / f"attention_lines_sample{i}_layer{layer}.png", dpi, close=False))
         paths.append(_save(plot_summary(stats[layer], layer), out / f"attention_summary_layer{layer}.png", dpi))
+    for fig in (heat, lines):
+        if fig is not None:
+            plt.close(fig)
     return paths
 
 
