@@ -58,7 +58,7 @@ def compress_tokens(compressor: Compressor, tokens: dict[str, torch.Tensor], pos
 
 def gather_tokens(tokens: dict[str, torch.Tensor], idx: torch.Tensor, positions: str) -> dict[str, torch.Tensor]:
     """Tokens at ``idx`` ``(B, K)`` (ascending), with positions kept or renumbered ``0..K-1``."""
-    out = dict(zip(FIELDS, gather(idx, *(tokens[k] for k in FIELDS))))
+    out = dict(zip(tokens, gather(idx, *tokens.values())))
     if positions == "renumber":
         out["positions"] = torch.arange(idx.shape[1], device=idx.device).expand(idx.shape[0], -1)
     return out

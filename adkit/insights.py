@@ -31,6 +31,7 @@ import pandas as pd
 import torch
 
 from adkit.attention import AttentionRecord
+from adkit.context import gather_tokens
 from adkit.metrics import (
     attention_rollout,
     batched_attention_stats,
@@ -256,18 +257,6 @@ def report(record: AttentionRecord, stats: dict | None = None, recs: Sequence[Re
 # ---- the ablation check ------------------------------------------------------------------------------
 
 
-def keep_tokens(inputs: dict[str, torch.Tensor], keep: torch.Tensor, positions: str = "original"
-                ) -> dict[str, torch.Tensor]:
-    """Model inputs of the tokens at ``keep`` (B, K), ascending; positions kept or renumbered 0..K-1."""
-    out = {}
-    for k, v in inputs.items():
-        idx = keep.reshape(*keep.shape, *(1,) * (v.dim() - 2)).expand(*keep.shape, *v.shape[2:])  # (B, K, ·)
-        out[k] = v.gather(1, idx)
-    if positions == "renumber":
-        out["positions"] = torch.arange(keep.shape[1]).expand_as(keep)
-    return out
-
-
 def drop_tokens(inputs: dict[str, torch.Tensor], drop: torch.Tensor, positions: str = "original"
                 ) -> dict[str, torch.Tensor]:
     """Remove the context tokens at ``drop`` (B, k) (never the query, the last token) from inputs (B, T, ·)."""
@@ -275,7 +264,7 @@ def drop_tokens(inputs: dict[str, torch.Tensor], drop: torch.Tensor, positions: 
     keep = torch.ones(B, T, dtype=torch.bool)
     keep[torch.arange(B)[:, None], drop] = False
     order = torch.argsort((~keep).int() * T + torch.arange(T), dim=1, stable=True)  # kept first, in order
-    return keep_tokens(inputs, order[:, : T - drop.shape[1]], positions)
+    return gather_tokens(inputs, order[:, : T - drop.shape[1]], positions)
 
 
 @torch.no_grad()
