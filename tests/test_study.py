@@ -1,0 +1,223 @@
+"""Training-free study: one compression path for rollouts and training, the table, resuming, the explorer."""
+
+import dataclasses
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from adkit import compress, envs, study
+from adkit.config import dump_config, load_config
+from adkit.context import build, compress_tokens, query_attention
+from adkit.evaluate import rollout
+from adkit.model import ADTransformer, save
+from adkit.study_plots import keep_explorer, keep_view
+from adkit.train import split_batch
+
+N_TRANSIT = 12
+SWEEP = dict(compressors=["recency", "h2o", "random", "oracle"], budgets=(6, 3), seeds=(0, 1), episodes=2,
+             decisions=3, reduced={"oracle": study.Protocol(tasks=2, episodes=1, contexts=4, seeds=1)},
+             progress=False)
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    """A run directory with a small (untrained) model and its config."""
+    cfg = load_config("tiny", {"model": {"n_transit": N_TRANSIT, "tf_n_embd": 8, "tf_n_layer": 1, "tf_n_head": 2,
+                                         "tf_n_inner": 16}})
+    run = tmp_path_factory.mktemp("run")
+    torch.manual_seed(0)
+    save(ADTransformer(cfg.model).eval(), run)
+    (run / "config.yaml").write_text(dump_config(cfg))
+    return run
+
+
+@pytest.fixture(scope="module")
+def model(run_dir):
+    from adkit.model import load
+
+    return load(run_dir)
+
+
+@pytest.fixture(scope="module")
+def history(model):
+    _, tasks = envs.task_split("darkroom")
+    return rollout(model, "darkroom", tasks[:3], seeds=[0], episodes=2, progress=False).history
+
+
+@pytest.fixture(scope="module")
+def table(run_dir):
+    return study.training_free_study(run_dir, **SWEEP)
+
+
+def extra(name):
+    return {"profile": {"rule": "heavy", "size": 2}}.get(name, {})
+
+
+# ---- one selection path ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", study.study_compressors())
+def test_rollout_window_and_training_batch_select_the_same(model, history, name):
+    t, n = 30, N_TRANSIT
+    window = history.window(t, n)  # what decision t of a rollout sees
+    B = window["actions"].shape[0]
+    batch = {"states": history.states[:, t - n:t + 1], "actions": history.actions[:, t - n:t + 1],
+             "rewards": history.rewards[:, t - n:t + 1], "next_states": history.next_states[:, t - n:t + 1],
+             "positions": torch.arange(t - n, t + 1).expand(B, n + 1)}
+    inputs, targets = split_batch(batch)  # the same transitions as a training sequence
+    assert torch.equal(targets[:, -1], history.actions[:, t])
+    out = []
+    for tokens in (window, inputs):
+        c = build(name, 5, model, "darkroom", **extra(name))
+        attention = query_attention(model, tokens) if c.needs_attention else None
+        out.append(compress_tokens(c, tokens, model.cfg.positions, attention,
+                                   generator=torch.Generator().manual_seed(7)))
+    assert out[0].keys() == out[1].keys()
+    for k in out[0]:
+        assert torch.equal(out[0][k], out[1][k]), k
+    assert out[0]["actions"].shape[1] <= 6 and torch.equal(out[0]["positions"][:, -1], window["positions"][:, -1])
+
+
+@pytest.mark.parametrize("name, kw", [(n, extra(n)) for n in compress.COMPRESSORS]
+                         + [("profile", {"rule": r}) for r in compress.ProfileCompressor.RULES])
+def test_needs_attention_exactly_when_selection_without_attention_raises(model, history, name, kw):
+    window = history.window(30, N_TRANSIT)
+    c = build(name, 4, model, "darkroom", **kw)
+    try:
+        compress_tokens(c, window, model.cfg.positions)
+        raised = False
+    except ValueError as e:
+        assert "attention" in str(e)
+        raised = True
+    assert raised == c.needs_attention
+    compress_tokens(c, window, model.cfg.positions, query_attention(model, window))  # with attention: fine
+
+
+# ---- the study table ---------------------------------------------------------------------------------
+
+
+def test_study_writes_every_cell_with_every_column_filled(run_dir, table):
+    assert list(table.columns) == study.COLUMNS
+    assert not table.isna().any().any() and not (table.astype(str) == "").any().any()
+    cells = {(c, b, s) for c, b, s in table[study.KEY].itertuples(index=False)}
+    want = {(c, N_TRANSIT, s) for c in study.BASELINES for s in (0, 1)}
+    want |= {(c, b, s) for c in ("recency", "h2o", "random") for b in (6, 3) for s in (0, 1)}
+    want |= {("oracle", b, 0) for b in (6, 3)}  # its reduced protocol runs the first seed only
+    assert cells == want and len(table) == len(want)
+    assert (table["mode"] == "training-free").all()
+    assert set(table.loc[table["compressor"] == "none", "backend"]) == {"cache"}
+    oracle = table[table["compressor"] == "oracle"]
+    assert (oracle["tasks"] == 2).all() and (oracle["episodes"] == 1).all() and (oracle["contexts"] == 4).all()
+    assert oracle["note"].str.contains("reduced").all()
+    assert (table["decision_ms"] > 0).all() and (table["peak_mem_mb"] > 0).all()
+    assert pd.read_csv(run_dir / "study" / "training_free.csv").shape == table.shape
+
+
+def test_no_compression_agrees_exactly_and_the_others_are_bounded(table):
+    base = table[table["compressor"].isin(study.BASELINES)]
+    assert (base["agreement"] == 1).all() and (base["kl"] == 0).all()
+    assert ((table["agreement"] >= 0) & (table["agreement"] <= 1)).all() and (table["kl"] >= 0).all()
+    none = table[table["compressor"] == "none"]
+    assert (none["return"] == none["full_return"]).all()
+    kept = table[~table["compressor"].isin(study.BASELINES)]
+    assert (kept["context_tokens"] == kept["budget"] + 1).all()
+
+
+def test_resume_computes_only_missing_cells(run_dir, table, monkeypatch):
+    calls = []
+    real = study.run_cell
+    monkeypatch.setattr(study, "run_cell", lambda *a, **k: calls.append(a[4:7]) or real(*a, **k))
+    again = study.training_free_study(run_dir, **SWEEP)
+    assert calls == [] and again.equals(table)
+    more = study.training_free_study(run_dir, **{**SWEEP, "budgets": (6, 3, 2)})
+    new = [(c, 2, s) for c in ("recency", "h2o", "random") for s in (0, 1)] + [("oracle", 2, 0)]
+    assert sorted(calls) == sorted(new)
+    assert more.iloc[:len(table)].equals(table)
+
+
+def test_interrupted_sweep_keeps_finished_rows(run_dir, tmp_path, monkeypatch):
+    out = tmp_path / "t.csv"
+    real, calls = study.run_cell, []
+
+    def flaky(*a, **k):
+        calls.append(a[4:7])
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(study, "run_cell", flaky)
+    sweep = {**SWEEP, "compressors": ["recency", "random"], "budgets": (3,), "seeds": (0,)}
+    with pytest.raises(KeyboardInterrupt):
+        study.training_free_study(run_dir, **sweep, out=out)
+    kept = pd.read_csv(out)
+    assert len(kept) == 2 and [tuple(r) for r in kept[study.KEY].itertuples(index=False)] == [
+        (c, b, s) for c, b, s in calls[:2]]
+    calls.clear()
+    monkeypatch.setattr(study, "run_cell", lambda *a, **k: calls.append(a[4:7]) or real(*a, **k))
+    done = study.training_free_study(run_dir, **sweep, out=out)
+    assert len(done) == 4 and calls == [("recency", 3, 0), ("random", 3, 0)] and done.iloc[:2].equals(kept)
+
+
+def test_rows_of_another_protocol_are_refused(run_dir, table):
+    with pytest.raises(ValueError, match="another out="):
+        study.training_free_study(run_dir, **{**SWEEP, "episodes": 3})
+    with pytest.raises(ValueError, match="budgets"):
+        study.training_free_study(run_dir, **{**SWEEP, "budgets": (N_TRANSIT,)})
+    with pytest.raises(ValueError, match="unknown compressors"):
+        study.training_free_study(run_dir, **{**SWEEP, "compressors": ["nope"]})
+
+
+def test_summary_markdown_and_figure(run_dir, table, tmp_path):
+    s = study.summary_table(table)
+    assert list(s["compressor"][:2]) == ["none", "full"]
+    assert set(zip(s["compressor"], s["budget"])) == set(zip(table["compressor"], table["budget"]))
+    assert (s.loc[s["compressor"] == "oracle", "seeds"] == 1).all()
+    md, png = study.write_outputs(table, tmp_path)
+    text = md.read_text()
+    assert "| compressor | budget |" in text and "oracle" in text and "2 tasks x 1 ep" in text
+    assert png.stat().st_size > 10_000
+
+
+# ---- cost --------------------------------------------------------------------------------------------
+
+
+def test_peak_allocated_mb_replays_allocations():
+    def f():
+        a = torch.ones(2**20)  # 4 MB
+        b = a * 2  # 8 MB held
+        del a
+        return b * 3  # 8 MB held again, never 12
+
+    assert study.peak_allocated_mb(f) == pytest.approx(8.0, abs=0.01)
+    assert study.peak_allocated_mb(lambda: None) == 0.0
+
+
+def test_decision_cost_counts_the_cache_and_shrinks_with_the_budget(model, history):
+    window = history.window(30, N_TRANSIT)
+    _, none_mb = study.decision_cost(model, window, "none")
+    cache_mb = 2 * model.cfg.tf_n_layer * 3 * model.cfg.n_transit * model.cfg.tf_n_embd * 4 / 2**20
+    assert none_mb >= cache_mb
+    _, full_mb = study.decision_cost(model, window, "full")
+    _, small_mb = study.decision_cost(model, window, "recency", compress.make("recency", 2))
+    assert 0 < small_mb < full_mb
+
+
+# ---- what each strategy keeps: the explorer ---------------------------------------------------------------
+
+
+def test_keep_explorer_redraws_on_widget_changes(model, history):
+    view = keep_view(model, "darkroom", {k: v[:1] for k, v in history.window(30, N_TRANSIT).items()},
+                     ["recency", "h2o", "random", "oracle", "profile"])
+    box, draw = keep_explorer(view, "recency", 4)
+    fig = draw.figure
+    assert fig.axes[0].get_title() == f"recency keeps 4 of {N_TRANSIT - 1}"
+    assert list(view.kept("recency", 4)) == list(range(N_TRANSIT - 5, N_TRANSIT - 1))
+    draw.widgets["budget"].value = 6
+    assert fig.axes[0].get_title() == f"recency keeps 6 of {N_TRANSIT - 1}"
+    draw.widgets["name"].value = "h2o"
+    assert fig.axes[0].get_title().startswith("h2o keeps")
+    full = view.extra["profile"]["rule"] == "full"  # a profile may keep everything
+    assert all(len(view.kept(n, 6)) <= 6 for n in view.names if not (n == "profile" and full))
+    assert draw(name="oracle", budget=2) is fig and fig.axes[0].get_title() == f"oracle keeps 2 of {N_TRANSIT - 1}"
