@@ -170,10 +170,22 @@ def resolve_profile(path_or_name: str | Path) -> Path:
 def load_config(path_or_name: str | Path, overrides: dict | None = None) -> Config:
     """Load a YAML config (or a named profile) and apply nested ``overrides``."""
     path = resolve_profile(path_or_name)
-    data = yaml.safe_load(path.read_text()) or {}
+    data = _read(path)
     data.setdefault("profile", path.stem)
     _merge(data, overrides or {})
     return from_dict(data)
+
+
+def _read(path: Path) -> dict:
+    """A profile's mapping; ``extends: NAME`` starts from another profile and overrides it."""
+    data = yaml.safe_load(path.read_text()) or {}
+    base = data.pop("extends", None)
+    if base is None:
+        return data
+    merged = _read(resolve_profile(base))
+    merged.pop("profile", None)
+    _merge(merged, data)
+    return merged
 
 
 def _merge(base: dict, extra: dict) -> None:

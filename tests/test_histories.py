@@ -96,3 +96,15 @@ def test_window_sampler_draws_consecutive_transitions_from_chosen_tasks(hist):
         assert matches
     with pytest.raises(ValueError, match="longer than"):
         WindowSampler(hist, rows, [0], seq_len=101)
+
+
+def test_profiles_extend_and_reject_unknown_keys(tmp_path):
+    from adkit.config import load_config
+
+    cfg = load_config("paper-psrl")
+    assert cfg.profile == "paper-psrl" and cfg.collect.source == "psrl" and cfg.collect.streams == 100
+    assert cfg.model.n_transit == 80 and load_config("paper").collect.source == "ppo"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: {stepz: 3}\n")
+    with pytest.raises(ValueError, match=r"unknown config key\(s\) \['stepz'\] in train"):
+        load_config(bad)
