@@ -4,6 +4,7 @@
     adkit collect -c CONFIG [-o FILE]     learning histories of the source algorithm
     adkit train -c CONFIG --run-dir DIR   checkpoint, resolved config, training log
     adkit evaluate --run-dir DIR          in-context returns on the held-out tasks (CSV + figure)
+    adkit study --run-dir DIR             training-free compression study (RUN/study)
     adkit compress --demo                 what each compressor keeps, on dummy data
     adkit attention --run-dir DIR         attention file, insight report, figures (RUN/attention, RUN/figs)
     adkit demo [--profile quick]          the five notebooks headless, then figs/REPORT.md
@@ -85,6 +86,17 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def cmd_study(args) -> int:
+    from adkit.study import markdown_summary, training_free_study, write_outputs
+
+    df = training_free_study(args.run_dir, compressors=args.compressors, budgets=args.budgets,
+                             seeds=range(args.seeds), episodes=args.episodes)
+    md, png = write_outputs(df, Path(args.run_dir) / "study")
+    print(markdown_summary(df))
+    print(f"wrote {md} and {png}")
+    return 0
+
+
 def cmd_doctor(args) -> int:
     from adkit.doctor import doctor
 
@@ -154,6 +166,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--budget", type=int, default=None, help="transitions kept by the compressor")
     s.add_argument("--out", default=None, help="CSV path (default: RUN/eval/returns.csv)")
     s.set_defaults(fn=cmd_evaluate)
+
+    s = sub.add_parser("study", help="training-free compression study (resumable): RUN/study/")
+    s.add_argument("--run-dir", required=True)
+    s.add_argument("--compressors", nargs="+", default=None, help="registry names (default: all)")
+    s.add_argument("--budgets", type=int, nargs="+", default=[40, 20, 10, 5], help="transitions kept")
+    s.add_argument("--seeds", type=int, default=3, help="evaluation seeds")
+    s.add_argument("--episodes", type=int, default=None, help="episodes per rollout (default: config)")
+    s.set_defaults(fn=cmd_study)
 
     s = sub.add_parser("compress", help="compressor demo on dummy data")
     s.add_argument("--demo", action="store_true")

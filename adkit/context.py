@@ -84,7 +84,8 @@ class ModelPolicy:
         reps = keep.shape[0] // B
         toks = {k: v.repeat_interleave(reps, 0) for k, v in self.tokens.items()}  # (B', L, ...)
         n = toks["actions"].shape[1] - 1
-        idx = torch.cat([keep, torch.full((keep.shape[0], 1), n, dtype=keep.dtype)], 1)  # (B', m + 1)
+        last = torch.full((keep.shape[0], 1), n, dtype=keep.dtype, device=keep.device)  # the decision's own token
+        idx = torch.cat([keep, last], 1)  # (B', m + 1)
         return self.model(**gather_tokens(toks, idx, self.positions))[:, -1]
 
 

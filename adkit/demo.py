@@ -43,6 +43,16 @@ def report(run: Path, figs: Path, timings: dict[str, float]) -> Path:
                   f"- last 10 episodes: {last['return'].mean():.2f} of {last['optimal'].mean():.2f} "
                   f"({last['return'].mean() / last['optimal'].mean():.0%} of optimal)", "",
                   "![in-context return](incontext_returns.png)", ""]
+    insights = run / "attention" / "insights.md"
+    if insights.exists():
+        lines += ["## What the model attends to", "", insights.read_text().strip(), ""]
+    for name, title in (("training_free.md", "Training-free compression"), ("results.md", "Retrained with compression")):
+        table = run / "study" / name
+        if table.exists():
+            lines += [f"## {title}", "", table.read_text().strip(), ""]
+    for png in sorted((run / "study").glob("*.png")):
+        shutil.copy(png, figs / png.name)
+        lines += [f"![{png.stem}]({png.name})", ""]
     lines += ["## Notebooks", "", "| notebook | seconds | executed copy |", "|---|---|---|"]
     lines += [f"| {n} | {s:.0f} | `{run / 'notebooks' / (n + '.ipynb')}` |" for n, s in timings.items()]
     path = figs / "REPORT.md"

@@ -45,3 +45,11 @@ def test_console_script_is_installed():
     assert exe, "the `adkit` console script is not installed next to this Python"
     out = subprocess.run([exe, "--help"], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and "collect" in out.stdout
+
+
+def test_compress_demo_prints_every_strategy(capsys):
+    from adkit.compress import COMPRESSORS
+
+    assert main(["compress", "--demo"]) == 0
+    out = capsys.readouterr().out
+    assert all(f"  {name} " in out for name in COMPRESSORS)
