@@ -12,6 +12,8 @@ from adkit.pipeline import run_dir_for
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = ("01_train", "02_extract_attention", "03_metrics", "04_compressors", "05_retrain_eval")
+# the demo's compression sweep: every strategy and budget, fewer episodes and seeds than a study
+DEMO_PARAMS = {"04_compressors": {"episodes": 20, "seeds": 2}}
 
 
 def execute(name: str, run: Path, params: dict, timeout: int = 1800) -> Path:
@@ -67,7 +69,7 @@ def run_demo(profile: str = "quick", run_dir: str | None = None) -> int:
     for name in NOTEBOOKS:
         t0 = time.perf_counter()
         print(f"[demo] {name} ...", flush=True)
-        execute(name, run, {"profile": profile, "run_dir": str(run)})
+        execute(name, run, {"profile": profile, "run_dir": str(run), **DEMO_PARAMS.get(name, {})})
         timings[name] = time.perf_counter() - t0
         print(f"[demo] {name} done in {timings[name]:.0f} s", flush=True)
     path = report(run, ROOT / "figs", timings)
