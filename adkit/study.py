@@ -88,7 +88,7 @@ class Protocol:
                                                          (full.tasks, full.episodes, full.contexts))))
 
 
-REDUCED = {"oracle": Protocol(tasks=2, episodes=5, contexts=8, seeds=1)}  # O(n^2) model calls per decision
+REDUCED = {"oracle": Protocol(tasks=1, episodes=5, contexts=8, seeds=1)}  # O(n^2) model calls per decision
 
 
 def study_compressors() -> list[str]:
@@ -337,10 +337,10 @@ def _check_budgets(budgets: Sequence[int], n_transit: int) -> list[int]:
     return [int(b) for b in budgets]
 
 
-def _check_protocol(rows: list[dict], path: Path, protocols: dict[str, Protocol], full: Protocol) -> None:
+def _check_protocol(rows: list[dict], path: Path, reduced: dict[str, Protocol], full: Protocol) -> None:
     """Raise if a finished row was made with another (tasks, episodes, contexts) than this study would use."""
     for r in rows:
-        want = protocols.get(r["compressor"], Protocol()).within(full)
+        want = reduced.get(r["compressor"], Protocol()).within(full)
         have = Protocol(int(r["tasks"]), int(r["episodes"]), int(r["contexts"]))
         if have != want:
             raise ValueError(f"{path} holds a {r['compressor']} row made with {have}, this study makes {want}; "
@@ -383,12 +383,11 @@ def training_free_study(run_dir: str | Path, compressors: Sequence[str] | None =
     reduced = REDUCED if reduced is None else reduced
     _, tasks = envs.task_split(cfg.env.name, cfg.env.split_seed, cfg.env.train_ratio)
     path = Path(out) if out else run_dir / "study" / TABLE
-    protocols = {name: reduced.get(name, Protocol()) for name in names}
     rows = read_table(path).to_dict("records")
     steps = decision_steps(n, episodes * envs.spec(cfg.env.name).horizon, decisions)
-    _check_protocol(rows, path, protocols, Protocol(len(tasks), episodes, len(tasks) * len(steps)))
+    _check_protocol(rows, path, reduced, Protocol(len(tasks), episodes, len(tasks) * len(steps)))
     cells = [(s, c, b) for i, s in enumerate(seeds) for c in [*BASELINES, *names]
-             if i < (protocols.get(c, Protocol()).seeds or len(seeds))
+             if i < (reduced.get(c, Protocol()).seeds or len(seeds))
              for b in ([n] if c in BASELINES else budgets)]
     done = {(int(r["seed"]), r["compressor"], int(r["budget"])) for r in rows}
     todo = [cell for cell in cells if cell not in done]
@@ -397,7 +396,7 @@ def training_free_study(run_dir: str | Path, compressors: Sequence[str] | None =
         ref = reference(model, cfg.env.name, tasks, seed, episodes, decisions)
         for _, name, budget in group:
             bar.set_postfix_str(f"{name} @ {budget}, seed {seed}")
-            rows.append(run_cell(model, cfg.env.name, tasks, ref, name, budget, seed, protocols.get(name, Protocol())))
+            rows.append(run_cell(model, cfg.env.name, tasks, ref, name, budget, seed, reduced.get(name, Protocol())))
             write_table(pd.DataFrame(rows, columns=COLUMNS), path)
             bar.update()
     bar.close()

@@ -131,6 +131,8 @@ def test_resume_computes_only_missing_cells(run_dir, table, monkeypatch):
     monkeypatch.setattr(study, "run_cell", lambda *a, **k: calls.append(a[4:7]) or real(*a, **k))
     again = study.training_free_study(run_dir, **SWEEP)
     assert calls == [] and again.equals(table)
+    study.training_free_study(run_dir, **{**SWEEP, "compressors": ["recency"]})  # other rows keep their protocol
+    assert calls == []
     more = study.training_free_study(run_dir, **{**SWEEP, "budgets": (6, 3, 2)})
     new = [(c, 2, s) for c in ("recency", "h2o", "random") for s in (0, 1)] + [("oracle", 2, 0)]
     assert sorted(calls) == sorted(new)
