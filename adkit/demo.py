@@ -12,8 +12,11 @@ from adkit.pipeline import run_dir_for
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = ("01_train", "02_extract_attention", "03_metrics", "04_compressors", "05_retrain_eval")
-# the demo's compression sweep: every strategy and budget, fewer episodes and seeds than a study
-DEMO_PARAMS = {"04_compressors": {"episodes": 20, "seeds": 2}}
+# the demo's compression sweep: every strategy but the (slow) oracle at every budget, one seed and
+# 20 episodes; `adkit study --run-dir RUN` runs the full study
+DEMO_PARAMS = {"04_compressors": {"episodes": 20, "seeds": 1, "compressors": [
+    "recency", "uniform", "attention", "threshold", "adaptive", "exponential", "sink-recent", "h2o", "snapkv",
+    "reward-recent", "best-episode", "profile", "random"]}}
 
 
 def execute(name: str, run: Path, params: dict, timeout: int = 1800) -> Path:
