@@ -7,7 +7,8 @@ seed on the held-out tasks (one stream per task, seeded by the seed):
 * ``return``: mean episode return of in-context rollouts whose every decision sees
   the compressed context (:func:`adkit.evaluate.rollout` with
   ``compressor=adkit.context.build(name, budget, ...)``), over tasks and episodes;
-  ``full_return`` is the full-context rollout's on the same tasks and episodes.
+  ``full_return`` is the full-context rollout's on the same tasks, seed and episodes
+  (so both draw the same random numbers until their decisions differ).
 * ``agreement`` / ``kl``: on contexts recorded from the full-context model's own
   rollout of that seed (``decisions`` steps spread over the stream, windows of
   ``n_transit``), the compressed-context policy against the full-context policy at
@@ -285,6 +286,10 @@ def run_cell(model, env_name: str, tasks, ref: Reference, name: str, budget: int
     contexts = {k: v[pick] for k, v in ref.contexts.items()}
     gen = torch.Generator().manual_seed(seed)
     compressor = build("none" if name in BASELINES else name, budget, model, env_name, **ref.extra.get(name, {}))
+    if p.tasks == full.tasks:
+        base = ref.result.returns[..., :p.episodes]  # (tasks, 1, episodes)
+    else:  # on the same tasks and seed the full-context rollout draws the same random numbers
+        base = rollout(model, env_name, tasks[:p.tasks], seeds=[seed], episodes=p.episodes, progress=False).returns
     if name == "none":
         res = ref.result
     else:
@@ -303,7 +308,7 @@ def run_cell(model, env_name: str, tasks, ref: Reference, name: str, budget: int
         "compressor": name, "budget": budget, "seed": seed, "mode": MODE,
         "backend": "cache" if name == "none" else "recompute", "tasks": p.tasks, "episodes": p.episodes,
         "return": float(res.returns.mean()),
-        "full_return": float(ref.result.returns[:p.tasks, :, :p.episodes].mean()),
+        "full_return": float(base.mean()),
         "optimal": float(res.optimal[:p.tasks].mean()),
         "agreement": float((logq.argmax(-1) == logp.argmax(-1)).double().mean()),
         "kl": float(kl(logp, logq).clamp_min(0).mean()),  # clamp: float rounding of a zero KL

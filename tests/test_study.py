@@ -223,3 +223,11 @@ def test_keep_explorer_redraws_on_widget_changes(model, history):
     full = view.extra["profile"]["rule"] == "full"  # a profile may keep everything
     assert all(len(view.kept(n, 6)) <= 6 for n in view.names if not (n == "profile" and full))
     assert draw(name="oracle", budget=2) is fig and fig.axes[0].get_title() == f"oracle keeps 2 of {N_TRANSIT - 1}"
+
+
+def test_reduced_protocol_compares_with_the_full_context_on_the_same_random_numbers(run_dir, tmp_path):
+    # keeping all n_transit - 1 earlier transitions compresses nothing: same decisions, same draws, same return
+    df = study.training_free_study(run_dir, ["recency"], (N_TRANSIT - 1,), (0,), 2, decisions=3, progress=False,
+                                   reduced={"recency": study.Protocol(tasks=3, episodes=1)}, out=tmp_path / "t.csv")
+    row = df[df["compressor"] == "recency"].iloc[0]
+    assert row["tasks"] == 3 and row["episodes"] == 1 and row["return"] == row["full_return"]
