@@ -48,7 +48,7 @@ import torch
 
 from adkit import envs
 from adkit.histories import Histories, WindowSampler
-from adkit.io import atomic_path
+from adkit.io import atomic_path, open_hdf5
 from adkit.train import split_batch
 
 FORMAT, VERSION = "adkit-attention", 1
@@ -387,15 +387,7 @@ def load_record(path: str | Path, source: str = "windows", layers: Sequence[int]
     if not path.exists():
         run = path.parent.parent if path.parent.name == "attention" else "RUN"
         raise MissingStage(f"{path} does not exist yet; it is made by {MAKER.format(run=run)}")
-    try:
-        f = h5py.File(path, "r")
-    except OSError as e:
-        raise _fail(path, f"not a readable HDF5 file (truncated or foreign: {e.__class__.__name__})") from None
-    with f:
-        if f.attrs.get("format") != FORMAT:
-            raise _fail(path, f"not an adkit attention file (format={f.attrs.get('format')!r})")
-        if int(f.attrs.get("version", -1)) != VERSION:
-            raise _fail(path, f"format version {f.attrs.get('version')}, this adkit reads {VERSION}")
+    with open_hdf5(path, FORMAT, VERSION, _fail) as f:
         if source not in f:
             raise _fail(path, f"no {source!r} contexts in this file (has {sorted(f)}); add them with --source {source}")
         g = f[source]

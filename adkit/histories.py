@@ -24,7 +24,7 @@ import h5py
 import numpy as np
 import torch
 
-from adkit.io import atomic_path
+from adkit.io import atomic_path, open_hdf5
 
 FORMAT = "adkit-histories"
 VERSION = 1
@@ -109,15 +109,7 @@ def load(path: str | Path, mmap: bool = True) -> Histories:
     path = Path(path)
     if not path.exists():
         raise _fail(path, "no such histories file")
-    try:
-        f = h5py.File(path, "r")
-    except OSError as e:
-        raise _fail(path, f"not a readable HDF5 file (truncated or foreign: {e.__class__.__name__})") from None
-    with f:
-        if f.attrs.get("format") != FORMAT:
-            raise _fail(path, f"not an adkit histories file (format={f.attrs.get('format')!r})")
-        if int(f.attrs.get("version", -1)) != VERSION:
-            raise _fail(path, f"format version {f.attrs.get('version')} but this adkit reads version {VERSION}")
+    with open_hdf5(path, FORMAT, VERSION, _fail) as f:
         missing = [n for n in ("tasks",) + ARRAYS if n not in f]
         if missing:
             raise _fail(path, f"missing datasets {missing}")

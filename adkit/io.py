@@ -32,3 +32,27 @@ def write_text(path: str | os.PathLike, text: str) -> None:
     """Atomically write a text file."""
     with atomic_path(path) as tmp:
         tmp.write_text(text)
+
+
+def open_hdf5(path: Path, fmt: str, version: int, fail):
+    """Open an adkit HDF5 file for reading after checking its ``format`` and ``version`` attributes.
+
+    ``fail(path, why)`` builds the exception raised for an unreadable (truncated or
+    foreign) file or a wrong format or version; the caller closes the returned file.
+    """
+    import h5py
+
+    try:
+        f = h5py.File(path, "r")
+    except OSError as e:
+        raise fail(path, f"not a readable HDF5 file (truncated or foreign: {e.__class__.__name__})") from None
+    kind = fmt.replace("-", " ")
+    if f.attrs.get("format") != fmt:
+        found = f.attrs.get("format")
+        f.close()
+        raise fail(path, f"not an {kind} file (format={found!r})")
+    if int(f.attrs.get("version", -1)) != version:
+        found = f.attrs.get("version")
+        f.close()
+        raise fail(path, f"format version {found}, this adkit reads version {version}")
+    return f
