@@ -39,7 +39,9 @@ def plot_return_vs_budget(df, ax=None) -> Figure:
     that same protocol (said in the legend), so every line compares like with like.
     """
     s = summary_table(df)
-    fig, ax = (ax.figure, ax) if ax is not None else plt.subplots(figsize=(8, 4.8))
+    fig, ax = (ax.figure, ax) if ax is not None else plt.subplots(figsize=(10, 5))
+    tab20 = plt.get_cmap("tab20").colors
+    colors = iter(tab20[0::2] + tab20[1::2])  # 20 distinct colours, the dark ones first
     base = s[s["compressor"] == "none"]
     full = float(base["return_mean"].mean()) if len(base) else math.nan
     for name, g in s[~s["compressor"].isin(BASELINES)].groupby("compressor", sort=False):
@@ -48,9 +50,11 @@ def plot_return_vs_budget(df, ax=None) -> Figure:
         y, err = ((g["share_mean"] * full, g["share_std"] * full) if reduced and full > 0
                   else (g["return_mean"], g["return_std"]))
         style = {"random": dict(color="0.45", ls="--", marker="x"),
-                 "oracle": dict(color="k", ls=":", marker="o", mfc="none")}.get(name, dict(marker="o"))
+                 "oracle": dict(color="k", ls=":", marker="o", mfc="none")}.get(name) or dict(marker="o",
+                                                                                          color=next(colors))
         label = name + (f" ({g['tasks'].iloc[0]} tasks x {g['episodes'].iloc[0]} ep., by share)" if reduced else "")
-        ax.errorbar(g["context_tokens"] - 1, y, yerr=err, label=label, capsize=2, lw=1.5, ms=4, **style)
+        ax.errorbar(g["context_tokens"] - 1, y, yerr=err, label=label, capsize=2, lw=1.5, ms=4, elinewidth=0.8,
+                    **style)
     ticks = sorted(set(s["budget"]) - set(base["budget"]) | set(base["context_tokens"] - 1))
     if len(base):
         ax.axhline(full, color="tab:blue", lw=2, alpha=0.5, label="no compression")
@@ -63,7 +67,7 @@ def plot_return_vs_budget(df, ax=None) -> Figure:
         right = ax.secondary_yaxis("right", functions=(lambda y: 100 * y / full, lambda p: p * full / 100))
         right.set_ylabel("% of the full-context return")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, ncol=2, loc="lower right")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.1, 1.0))
     return fig
 
 

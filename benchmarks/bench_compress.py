@@ -39,9 +39,10 @@ def main() -> None:
     md, png = write_outputs(df, out)
     print(markdown_summary(df))
     s = summary_table(df)
-    cost = s.groupby("budget")[["decision_ms", "peak_mem_mb"]].median().sort_index(ascending=False)
-    print("\nmedian over compressors of one decision for all streams (ms, peak MB):")
-    print(cost.round(3).to_string())
+    for value, what in (("decision_ms", "ms"), ("peak_mem_mb", "peak MB")):
+        table = s.pivot(index="compressor", columns="budget", values=value).sort_index(axis=1, ascending=False)
+        print(f"\none decision for all streams of a cell, {what} (compressor x budget; none/full at n_transit):")
+        print(table.round(3).to_string(na_rep=""))
     print(f"\n{len(df)} cells in {out / TABLE} ({time.perf_counter() - t0:.0f} s this call); {md}, {png}")
 
 
