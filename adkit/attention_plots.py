@@ -29,6 +29,7 @@ from matplotlib.ticker import MaxNLocator
 from adkit.attention import AttentionRecord
 from adkit.insights import AblationResult, episode_profile, layer_stats
 from adkit.metrics import attention_rollout, stats_table
+from adkit.plots import widget_panel
 
 CMAP = "Reds"  # the original's heatmap colours
 DPI = 120
@@ -385,17 +386,12 @@ def explorer(record: AttentionRecord, layer: int | None = None, head: int = -1, 
              decision: int = 0):
     """Sliders for layer, head (-1: mean), sample (trajectory) and decision that redraw from the record.
 
-    Returns ``(box, draw)``: the widget box (sliders over an output area) and
-    ``draw(**values) -> Figure``, which draws the slider values (overridden by any given)
-    into the explorer's figure (also ``draw.figure``; the sliders are ``draw.sliders``).
-    Moving a slider redraws and shows the figure; no model is run. Headless, display
-    ``draw()`` instead of the box.
+    Returns ``(box, draw)`` as :func:`adkit.plots.widget_panel` does (the sliders are
+    ``draw.widgets``). Moving a slider redraws and shows the figure; no model is run.
     """
     import ipywidgets as w
-    from IPython.display import display
 
     layer = record.layers[-1] if layer is None else layer
-    fig = Figure(figsize=(11, 4.2), layout="constrained")
     steps = [str(record.samples["decision"][b]) for b in record.trajectory(0)]
     sliders = {
         "layer": w.SelectionSlider(options=list(record.layers), value=layer, description="layer"),
@@ -407,21 +403,5 @@ def explorer(record: AttentionRecord, layer: int | None = None, head: int = -1, 
     }
     for s in sliders.values():
         s.continuous_update = False
-    out = w.Output()
-
-    def draw(**values) -> Figure:
-        chosen = {name: values.get(name, s.value) for name, s in sliders.items()}
-        return draw_explorer(fig, record, **chosen)
-
-    def redraw(_change=None) -> None:
-        draw()
-        with out:
-            out.clear_output(wait=True)
-            display(fig)
-
-    for s in sliders.values():
-        s.observe(redraw, names="value")
-    box = w.VBox([w.HBox(list(sliders.values())), out])
-    draw.figure, draw.sliders = fig, sliders
-    redraw()
-    return box, draw
+    return widget_panel(Figure(figsize=(11, 4.2), layout="constrained"), sliders,
+                        lambda fig, **values: draw_explorer(fig, record, **values))

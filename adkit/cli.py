@@ -4,7 +4,7 @@
     adkit collect -c CONFIG [-o FILE]     learning histories of the source algorithm
     adkit train -c CONFIG --run-dir DIR   checkpoint, resolved config, training log
     adkit evaluate --run-dir DIR          in-context returns on the held-out tasks (CSV + figure)
-    adkit study --run-dir DIR             training-free compression study (RUN/study)
+    adkit study --run-dir DIR             compression study, retrained and training-free (RUN/study)
     adkit compress --demo                 what each compressor keeps, on dummy data
     adkit attention --run-dir DIR         attention file, insight report, figures (RUN/attention, RUN/figs)
     adkit demo [--profile quick]          the five notebooks headless, then figs/REPORT.md
@@ -87,13 +87,22 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_study(args) -> int:
-    from adkit.study import markdown_summary, training_free_study, write_outputs
+    if args.mode == "training-free":
+        from adkit.study import markdown_summary, training_free_study, write_outputs
 
-    df = training_free_study(args.run_dir, compressors=args.compressors, budgets=args.budgets,
-                             seeds=range(args.seeds), episodes=args.episodes)
-    md, png = write_outputs(df, Path(args.run_dir) / "study")
+        df = training_free_study(args.run_dir, compressors=args.compressors, budgets=args.budgets or [40, 20, 10, 5],
+                                 seeds=range(args.seeds), episodes=args.episodes)
+        md, png = write_outputs(df, Path(args.run_dir) / "study")
+        print(markdown_summary(df))
+        print(f"wrote {md} and {png}")
+        return 0
+    from adkit.retrain import compression_study, headline, markdown_summary
+
+    df = compression_study(args.run_dir, compressors=args.compressors, budgets=args.budgets or [40, 20, 10],
+                           seeds=range(args.seeds), steps=args.steps, episodes=args.episodes, workers=args.workers)
     print(markdown_summary(df))
-    print(f"wrote {md} and {png}")
+    print("\n".join(headline(df, args.run_dir)))
+    print(f"wrote {Path(args.run_dir) / 'study' / 'results.csv'}, results.md and figures")
     return 0
 
 
@@ -167,12 +176,19 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", default=None, help="CSV path (default: RUN/eval/returns.csv)")
     s.set_defaults(fn=cmd_evaluate)
 
-    s = sub.add_parser("study", help="training-free compression study (resumable): RUN/study/")
+    s = sub.add_parser("study", help="compression study (resumable): RUN/study/")
     s.add_argument("--run-dir", required=True)
-    s.add_argument("--compressors", nargs="+", default=None, help="registry names (default: all)")
-    s.add_argument("--budgets", type=int, nargs="+", default=[40, 20, 10, 5], help="transitions kept")
-    s.add_argument("--seeds", type=int, default=3, help="evaluation seeds")
+    s.add_argument("--mode", choices=["both", "training-free"], default="both",
+                   help="both: retrain with each compressor and compare with training-free (results.csv); "
+                        "training-free: only the unchanged model, every strategy (training_free.csv)")
+    s.add_argument("--compressors", nargs="+", default=None,
+                   help="registry names (default: the original six + random + sink-recent; training-free: all)")
+    s.add_argument("--budgets", type=int, nargs="+", default=None,
+                   help="transitions kept (default: 40 20 10; training-free: 40 20 10 5)")
+    s.add_argument("--seeds", type=int, default=3, help="seeds: training seeds and evaluation seeds")
     s.add_argument("--episodes", type=int, default=None, help="episodes per rollout (default: config)")
+    s.add_argument("--steps", type=int, default=None, help="training steps per retrained model (default: the run's)")
+    s.add_argument("--workers", type=int, default=1, help="retrained cells run in parallel processes")
     s.set_defaults(fn=cmd_study)
 
     s = sub.add_parser("compress", help="compressor demo on dummy data")

@@ -419,7 +419,8 @@ class ProfileCompressor(Compressor):
     """A keep-rule from a per-head attention profile (``adkit.metrics.head_profile``):
     ``sink`` -> SinkRecent (``n_sink = size``, default 4), ``recent`` -> Recency,
     ``rewarded`` -> RewardRecent, ``heavy`` -> H2O with ``size`` heavy hitters
-    (default half the budget), ``full`` -> no compression."""
+    (default half the budget), ``full`` (the heads need everything) -> H2O with half
+    the budget on heavy hitters: the budget binds whatever the rule."""
 
     RULES = ("sink", "recent", "rewarded", "heavy", "full")
 
@@ -434,7 +435,7 @@ class ProfileCompressor(Compressor):
             "recent": lambda: RecencyCompressor(k),
             "rewarded": lambda: RewardRecentCompressor(k),
             "heavy": lambda: HeavyHitterCompressor(k, 0.5 if size is None else 1 - min(size, k) / k),
-            "full": lambda: NoCompressor(k),
+            "full": lambda: HeavyHitterCompressor(k, 0.5),
         }[rule]()
         self.needs_attention = self._inner.needs_attention
 

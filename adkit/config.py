@@ -98,6 +98,8 @@ class TrainConfig:
     val_streams: float = 0.05  # share of each train task's streams kept for validation
     seed: int = 0  # seed of initialisation and batch sampling
     threads: int = 0  # torch threads; 0 keeps torch's default
+    compressor: str = "none"  # retrain on compressed windows: an adkit.compress strategy ("none": full windows)
+    budget: int = 0  # earlier transitions each compressed window keeps (1 .. n_transit - 1, with a compressor)
 
 
 @dataclass

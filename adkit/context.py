@@ -64,6 +64,35 @@ def gather_tokens(tokens: dict[str, torch.Tensor], idx: torch.Tensor, positions:
     return out
 
 
+@torch.no_grad()
+def compressed_logits(model, window: dict[str, torch.Tensor], compressor: Compressor,
+                      generator: torch.Generator | None = None, scorer=None) -> tuple[torch.Tensor, int]:
+    """One decision after compressing ``window`` (B, L, ·): the step a compressed rollout takes.
+
+    Attention-based strategies score with ``scorer``'s attention on the whole window
+    (default ``model``'s own). Returns the logits ``(B, A)`` and the number of tokens
+    the decision attended to (K + 1).
+    """
+    attention = query_attention(scorer or model, window) if compressor.needs_attention else None
+    ctx = compress_tokens(compressor, window, model.cfg.positions, attention, generator=generator)
+    return model(**ctx)[:, -1], ctx["actions"].shape[1]
+
+
+def compress_window(compressor: Compressor, inputs: dict[str, torch.Tensor], targets: torch.Tensor,
+                    positions: str = "original", scorer=None,
+                    generator: torch.Generator | None = None) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """A training window compressed exactly as a rollout compresses a decision's context.
+
+    ``inputs`` ``(B, L, ·)`` and ``targets`` ``(B, L)`` as :func:`adkit.train.split_batch`
+    makes them; the last token is the decision. Attention-based strategies score with
+    ``scorer``'s attention on the whole window. Returns inputs for ``K + 1`` tokens and
+    their targets ``(B, K + 1)``: every kept token keeps its own action target.
+    """
+    attention = query_attention(scorer, inputs) if compressor.needs_attention else None
+    out = compress_tokens(compressor, {**inputs, "targets": targets}, positions, attention, generator=generator)
+    return out, out.pop("targets")
+
+
 class ModelPolicy:
     """The model as :class:`~adkit.compress.OracleCompressor`'s policy.
 

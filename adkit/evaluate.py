@@ -32,7 +32,7 @@ import torch
 from tqdm.auto import tqdm
 
 from adkit import envs
-from adkit.context import compress_tokens, query_attention
+from adkit.context import compressed_logits
 from adkit.io import atomic_path
 
 CSV_FIELDS = ["task", "seed", "episode", "return", "optimal"]
@@ -96,12 +96,13 @@ def check_model_for(model, env_name: str, context: int | None = None) -> None:
 
 @torch.no_grad()
 def rollout(model, env_name: str, tasks, seeds=(0, 1, 2), episodes: int = 50, greedy: bool = False,
-            backend: str = "cache", context: int | None = None, compressor=None,
+            backend: str = "cache", context: int | None = None, compressor=None, scorer=None,
             progress: bool = True) -> RolloutResult:
     """Run the model in context on ``tasks`` x ``seeds`` streams for ``episodes`` episodes each.
 
     ``compressor`` (an :mod:`adkit.compress` strategy) compresses the context at
-    every decision; it implies re-encoding, whatever ``backend`` says.
+    every decision; it implies re-encoding, whatever ``backend`` says. Attention-based
+    strategies score with ``scorer``'s attention (default: the model's own).
     """
     check_model_for(model, env_name, context)
     if backend not in ("cache", "recompute"):
@@ -123,10 +124,7 @@ def rollout(model, env_name: str, tasks, seeds=(0, 1, 2), episodes: int = 50, gr
             actions = torch.randint(0, env.spec_.n_actions, (n,), generator=gen)
         else:
             if compressor is not None:
-                window = hist.window(t, size)
-                attention = query_attention(model, window) if compressor.needs_attention else None
-                ctx = compress_tokens(compressor, window, model.cfg.positions, attention, generator=gen)
-                logits = model(**ctx)[:, -1]  # (n, A)
+                logits, _ = compressed_logits(model, hist.window(t, size), compressor, gen, scorer)  # (n, A)
             elif backend == "cache":
                 logits = model.step(cache, hist.states[:, t - 1], hist.actions[:, t - 1], hist.rewards[:, t - 1],
                                     hist.next_states[:, t - 1], hist.states[:, t])  # (n, A)

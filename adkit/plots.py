@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Callable
+
 import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.figure import Figure
 
 
 def band(ax, x, runs: np.ndarray, label: str, color=None):
@@ -50,3 +53,33 @@ def plot_train_log(log, ax=None):
     fig.legend(loc="upper right", fontsize=8)
     ax.grid(alpha=0.3)
     return fig
+
+
+def widget_panel(fig: Figure, widgets: dict, draw_into: Callable[..., Figure]):
+    """Widgets over an output area that redraw ``fig`` whenever one of them changes.
+
+    ``draw_into(fig, **values)`` draws one state, with one keyword per widget name.
+    Returns ``(box, draw)``: the widget box, and ``draw(**values) -> Figure``, which
+    draws the widget values (overridden by any given) without touching the widgets;
+    ``draw.figure`` and ``draw.widgets`` expose both. Headless, display ``draw()``
+    instead of the box.
+    """
+    import ipywidgets as w
+    from IPython.display import display
+
+    out = w.Output()
+
+    def draw(**values) -> Figure:
+        return draw_into(fig, **{name: values.get(name, wd.value) for name, wd in widgets.items()})
+
+    def redraw(_change=None) -> None:
+        draw()
+        with out:
+            out.clear_output(wait=True)
+            display(fig)
+
+    for wd in widgets.values():
+        wd.observe(redraw, names="value")
+    draw.figure, draw.widgets = fig, widgets
+    redraw()
+    return w.VBox([w.HBox(list(widgets.values())), out]), draw

@@ -13,7 +13,7 @@ seed on the held-out tasks (one stream per task, seeded by the seed):
   rollout of that seed (``decisions`` steps spread over the stream, windows of
   ``n_transit``), the compressed-context policy against the full-context policy at
   the same decision: share of equal argmax actions and mean KL(full || compressed).
-  One batch through the same path a compressed rollout takes (:func:`compressed_logits`).
+  One batch through the same path a compressed rollout takes (:func:`adkit.context.compressed_logits`).
 * cost: ``rollout_step_ms``, the compressed rollout's wall-clock per environment step
   (all its streams batched; includes the first ``n_transit`` steps of shorter contexts
   and the environment); ``decision_ms`` and ``peak_mem_mb``, one steady-state decision
@@ -43,15 +43,10 @@ rerun computes only the missing ones.
 
 from __future__ import annotations
 
-import contextlib
 import itertools
-import os
-import statistics
-import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -60,7 +55,8 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from adkit import compress, envs
-from adkit.context import build, compress_tokens, query_attention
+from adkit.context import build, compressed_logits
+from adkit.cost import peak_allocated_mb, time_ms
 from adkit.evaluate import RolloutResult, rollout
 from adkit.insights import kl, markdown_table
 from adkit.io import atomic_path, write_text
@@ -113,18 +109,6 @@ def describe(names: Sequence[str] | None = None) -> pd.DataFrame:
 # ---- the decision, compressed -----------------------------------------------------------------------
 
 
-@torch.no_grad()
-def compressed_logits(model, window: dict[str, Tensor], compressor: compress.Compressor,
-                      generator: torch.Generator | None = None) -> tuple[Tensor, int]:
-    """One decision after compressing ``window`` (B, L, ·), exactly as a compressed rollout step does.
-
-    Returns the logits ``(B, A)`` and the number of tokens the decision attended to (K + 1).
-    """
-    attention = query_attention(model, window) if compressor.needs_attention else None
-    ctx = compress_tokens(compressor, window, model.cfg.positions, attention, generator=generator)
-    return model(**ctx)[:, -1], ctx["actions"].shape[1]
-
-
 def decision_steps(n_transit: int, steps: int, count: int) -> list[int]:
     """``count`` decision steps spread evenly over ``n_transit .. steps - 1`` (each sees a full window)."""
     if steps <= n_transit:
@@ -152,77 +136,16 @@ def profile_kwargs(model, contexts: dict[str, Tensor]) -> dict:
 # ---- cost -------------------------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def _quiet_stderr():
-    """Send C-level stderr (file descriptor 2) to /dev/null for the block."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    try:
-        with open(os.devnull, "w") as null:
-            os.dup2(null.fileno(), 2)
-            yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-
-
-def _allocations(nodes):
-    from torch._C._profiler import _ExtraFields_Allocation
-
-    for node in nodes:
-        if isinstance(node.extra_fields, _ExtraFields_Allocation):
-            yield node
-        yield from _allocations(node.children)
-
-
-def peak_allocated_mb(fn: Callable[[], object]) -> float:
-    """Peak net CPU tensor allocation (MB) during ``fn()``, above what was allocated before it.
-
-    Every allocation (+bytes) and free (-bytes) that ``torch.profiler`` records with
-    ``profile_memory=True`` is replayed in time order; the peak of the running sum is the
-    most memory the call held at once. Frees of tensors made before the call count too.
-    """
-    from torch.profiler import ProfilerActivity, profile
-
-    prof = profile(activities=[ProfilerActivity.CPU], profile_memory=True)
-    with _quiet_stderr():  # kineto logs a line at start and stop
-        prof.start()
-    try:
-        fn()
-    finally:
-        with _quiet_stderr():
-            prof.stop()
-    events = sorted(_allocations(prof.profiler.kineto_results.experimental_event_tree()),
-                    key=lambda e: e.start_time_ns)
-    running = itertools.accumulate(e.extra_fields.alloc_size for e in events)
-    return max(0, max(running, default=0)) / 2**20
-
-
-def time_ms(fn: Callable[[], object], budget_s: float = 1.0, max_calls: int = 7) -> float:
-    """Median wall-clock (ms) of ``fn()``: one warm-up call, then as many as fit in ``budget_s``
-    (at most ``max_calls``); a warm-up call longer than ``budget_s`` is the measurement."""
-    t0 = time.perf_counter()
-    fn()
-    first = time.perf_counter() - t0
-    if first > budget_s:
-        return 1000 * first
-    times: list[float] = []
-    while len(times) < max_calls and sum(times) < budget_s:
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return 1000 * statistics.median(times)
-
-
 @torch.no_grad()
 def decision_cost(model, window: dict[str, Tensor], name: str, compressor: compress.Compressor | None = None,
-                  generator: torch.Generator | None = None) -> tuple[float, float]:
+                  generator: torch.Generator | None = None, scorer=None) -> tuple[float, float]:
     """``(ms, peak MB)`` of one decision for every row of ``window`` (B, n_transit, ·).
 
     ``name`` ``"none"``: a step of the rolling key/value cache, filled with the first
     ``n_transit - 1`` transitions beforehand (the cache's size is added to the peak);
     ``"full"``: the whole window re-encoded; otherwise ``compressor``'s decision
-    (:func:`compressed_logits`: attention pass if needed, selection, re-encoding).
+    (:func:`compressed_logits`: attention pass of ``scorer``, default ``model``, if needed,
+    selection, re-encoding).
     """
     resident = 0.0
     if name == "none":
@@ -235,7 +158,7 @@ def decision_cost(model, window: dict[str, Tensor], name: str, compressor: compr
     elif name == "full":
         fn = lambda: model(**window)[:, -1]  # noqa: E731
     else:
-        fn = lambda: compressed_logits(model, window, compressor, generator)  # noqa: E731
+        fn = lambda: compressed_logits(model, window, compressor, generator, scorer)  # noqa: E731
     return time_ms(fn), resident + peak_allocated_mb(fn)
 
 
@@ -320,17 +243,17 @@ def run_cell(model, env_name: str, tasks, ref: Reference, name: str, budget: int
 # ---- the study --------------------------------------------------------------------------------------
 
 
-def read_table(path: str | Path) -> pd.DataFrame:
-    """The study table at ``path`` (empty, with the columns, when there is none yet)."""
+def read_table(path: str | Path, columns: Sequence[str] = COLUMNS) -> pd.DataFrame:
+    """The study table at ``path`` (empty, with ``columns``, when there is none yet)."""
     path = Path(path)
-    return pd.read_csv(path) if path.exists() else pd.DataFrame(columns=COLUMNS)
+    return pd.read_csv(path) if path.exists() else pd.DataFrame(columns=list(columns))
 
 
-def write_table(df: pd.DataFrame, path: str | Path) -> Path:
-    """Write the table atomically (a crash leaves the previous file whole)."""
+def write_table(df: pd.DataFrame, path: str | Path, columns: Sequence[str] = COLUMNS) -> Path:
+    """Write ``columns`` of the table atomically (a crash leaves the previous file whole)."""
     path = Path(path)
     with atomic_path(path) as tmp:
-        df[COLUMNS].to_csv(tmp, index=False)
+        df[list(columns)].to_csv(tmp, index=False)
     return path
 
 

@@ -23,6 +23,7 @@ from matplotlib.ticker import MaxNLocator
 
 from adkit import envs
 from adkit.context import build, compress_tokens, query_attention
+from adkit.plots import widget_panel
 from adkit.study import BASELINES, reference, study_compressors, summary_table
 
 CMAP = "Reds"
@@ -174,32 +175,12 @@ def draw_keeps(fig: Figure, view: KeepView, name: str, budget: int) -> Figure:
 
 
 def keep_explorer(view: KeepView, name: str, budget: int):
-    """Strategy and budget widgets that redraw :func:`draw_keeps` for ``view``.
-
-    Returns ``(box, draw)``: the widgets over an output area, and ``draw(**values) -> Figure``
-    drawing the widget values (overridden by any given); ``draw.figure``, ``draw.widgets``.
-    Headless, display ``draw()`` instead of the box.
-    """
+    """Strategy and budget widgets that redraw :func:`draw_keeps` for ``view``; returns
+    ``(box, draw)`` as :func:`adkit.plots.widget_panel` does."""
     import ipywidgets as w
-    from IPython.display import display
 
-    fig = Figure(figsize=(13, 5), layout="constrained")
     widgets = {"name": w.Dropdown(options=view.names, value=name, description="strategy"),
                "budget": w.IntSlider(value=budget, min=1, max=view.n - 1, description="budget",
                                      continuous_update=False)}
-    out = w.Output()
-
-    def draw(**values) -> Figure:
-        return draw_keeps(fig, view, **{k: values.get(k, wd.value) for k, wd in widgets.items()})
-
-    def redraw(_change=None) -> None:
-        draw()
-        with out:
-            out.clear_output(wait=True)
-            display(fig)
-
-    for wd in widgets.values():
-        wd.observe(redraw, names="value")
-    draw.figure, draw.widgets = fig, widgets
-    redraw()
-    return w.VBox([w.HBox(list(widgets.values())), out]), draw
+    return widget_panel(Figure(figsize=(13, 5), layout="constrained"), widgets,
+                        lambda fig, **values: draw_keeps(fig, view, **values))

@@ -29,7 +29,9 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from adkit import envs
+from adkit.compress import Compressor
 from adkit.config import Config, TrainConfig, dump_config
+from adkit.context import build, compress_window
 from adkit.histories import Histories, WindowSampler
 from adkit.io import atomic_path, write_text
 from adkit.model import ADTransformer, load, save
@@ -38,8 +40,9 @@ LOG_FIELDS = ["step", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "s
 
 
 def seq_len(cfg: Config) -> int:
-    """Transitions per training sequence (the last-position loss always uses ``n_transit``)."""
-    if cfg.train.loss == "last":
+    """Transitions per training sequence (the last-position loss and compressed windows
+    always use ``n_transit``: one decision's context)."""
+    if cfg.train.loss == "last" or cfg.train.compressor != "none":
         return cfg.model.n_transit
     return cfg.train.seq_len or 2 * cfg.model.n_transit
 
@@ -95,15 +98,43 @@ def samplers(cfg: Config, h: Histories, rank: int = 0) -> tuple[WindowSampler, W
             WindowSampler(h, rows, val_streams, L, seed=seed + 500))
 
 
-class Trainer:
-    """Owns the model, optimizer, samplers and run directory of one training run."""
+def window_compressor(cfg: Config, scorer=None, **kw) -> Compressor | None:
+    """The compressor of ``train.compressor`` at ``train.budget`` (``None`` for full windows);
+    ``kw`` go to its constructor (e.g. the ``profile`` rule)."""
+    t = cfg.train
+    if t.compressor == "none":
+        return None
+    if t.compressor in ("full", "oracle"):
+        raise ValueError(f"train.compressor {t.compressor!r} cannot compress training windows; use 'none' for "
+                         "full windows or a strategy of adkit.compress")
+    if not 1 <= t.budget < cfg.model.n_transit:
+        raise ValueError(f"train.budget must be 1..{cfg.model.n_transit - 1} transitions with train.compressor "
+                         f"{t.compressor!r}, got {t.budget}")
+    compressor = build(t.compressor, t.budget, scorer, cfg.env.name, **kw)
+    if compressor.needs_attention and scorer is None:
+        raise ValueError(f"train.compressor {t.compressor!r} scores transitions by attention: pass scorer= (the "
+                         "full-context model whose attention picks what each window keeps)")
+    return compressor
 
-    def __init__(self, cfg: Config, h: Histories, run_dir: str | Path, progress: bool = True):
+
+class Trainer:
+    """Owns the model, optimizer, samplers and run directory of one training run.
+
+    With ``train.compressor`` every training and validation window is compressed to
+    ``train.budget`` earlier transitions by :func:`adkit.context.compress_window`, the
+    same selection a compressed rollout makes; attention-based strategies score with
+    ``scorer`` (a fixed, full-context model), and ``compressor_kw`` go to the strategy.
+    """
+
+    def __init__(self, cfg: Config, h: Histories, run_dir: str | Path, progress: bool = True, scorer=None,
+                 compressor_kw: dict | None = None):
         if envs.spec(h.env).name != envs.spec(cfg.env.name).name:
             raise ValueError(f"histories are for {h.env!r} but the config trains {cfg.env.name!r}")
         if cfg.train.loss not in ("all", "last"):
             raise ValueError(f"train.loss must be 'all' or 'last', got {cfg.train.loss!r}")
         self.cfg, self.t, self.run_dir, self.progress = cfg, cfg.train, Path(run_dir), progress
+        self.compressor, self.scorer = window_compressor(cfg, scorer, **(compressor_kw or {})), scorer
+        self.compress_rng = torch.Generator().manual_seed(cfg.train.seed)  # random / exponential strategies
         self.ddp = int(os.environ.get("WORLD_SIZE", "1")) > 1
         if self.ddp and not dist.is_initialized():
             dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
@@ -132,6 +163,7 @@ class Trainer:
         self.model.load_state_dict(load(self.run_dir).state_dict())
         tensors = load_file(str(self.run_dir / "train_state.safetensors"))
         torch.set_rng_state(tensors.pop("torch_rng"))
+        self.compress_rng.set_state(tensors.pop("compress_rng"))
         state = {int(k.split(".")[0]): {} for k in tensors}
         for key, value in tensors.items():
             i, name = key.split(".", 1)
@@ -148,6 +180,7 @@ class Trainer:
         opt = self.opt.state_dict()
         tensors = {f"{i}.{name}": v.detach().cpu().contiguous() for i, s in opt["state"].items() for name, v in s.items()}
         tensors["torch_rng"] = torch.get_rng_state()  # dropout noise continues where it stopped
+        tensors["compress_rng"] = self.compress_rng.get_state()
         with atomic_path(self.run_dir / "train_state.safetensors") as tmp:
             save_file(tensors, str(tmp))
         meta = {"step": self.step, "seconds": self.seconds, "param_groups": opt["param_groups"],
@@ -157,6 +190,9 @@ class Trainer:
     # ---- loop -------------------------------------------------------------------------------------
     def _batch(self, sampler: WindowSampler):
         inputs, targets = split_batch(sampler.sample(self.t.batch_size))
+        if self.compressor is not None:
+            inputs, targets = compress_window(self.compressor, inputs, targets, self.cfg.model.positions,
+                                              self.scorer, self.compress_rng)
         return {k: v.to(self.device) for k, v in inputs.items()}, targets.to(self.device)
 
     @torch.no_grad()

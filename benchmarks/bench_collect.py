@@ -1,23 +1,27 @@
 """Cost of collecting PPO learning histories: the published way against adkit's batched PPO.
 
 (a) The published (DICP) way: stable-baselines3 PPO on a ``DummyVecEnv`` of 100
-    Darkroom streams for ONE goal (n_steps 20, batch 50, 20 epochs, lr 3e-4,
-    100,000 timesteps), on one thread; 81 goals cost 81 times that, or half of it
-    on 2 cores with one process per core.
-(b) adkit's :class:`~adkit.sources.ppo.PPOLearner`, every task batched in torch
-    (torch's default threads), on the same goal x 100 streams x 1,000 steps, then
-    on ``--goals`` goals (default all 81) at once.
+    Darkroom streams for ONE goal (n_steps 20, batch 50, 20 epochs, lr 3e-4, the
+    rest SB3's defaults; 100,000 timesteps), on one thread; 81 goals cost 81 times
+    that, or half of it on 2 cores with one process per core.
+(b) adkit's :class:`~adkit.sources.ppo.PPOLearner` with ``PPOConfig`` (changed by
+    ``--ppo``), every task batched in torch, on the same goal x 100 streams x
+    1,000 steps, then on ``--goals`` goals (default all 81) at once.
 
 For each it prints seconds, env steps/s and the mean return of episodes 1, 10,
 25 and 50; then the published cost projected to all goals on 2 cores and
 adkit's speed-up over it. Prints figures; asserts nothing.
 
+Measured on the quiet 2-core machine (benchmarks/RESULTS.md): SB3 43 s per goal;
+adkit, 81 goals, 73 s with n_epochs 5 (the paper profile's), 24x faster than the
+published way on 2 cores. The PPO update's cost grows with n_epochs about linearly.
+On a busy machine pass ``--threads 1``: torch's two threads then wait on each other.
+
 Usage::
 
-    .venv/bin/python benchmarks/bench_collect.py               # all of it, a few minutes on 2 cores
-    .venv/bin/python benchmarks/bench_collect.py --skip-sb3    # adkit only
-    .venv/bin/python benchmarks/bench_collect.py --goals 9 --encoding raw   # SB3's raw (row, col) input
-    .venv/bin/python benchmarks/bench_collect.py --ppo n_epochs=10 hidden=32  # other PPOConfig values, both sides
+    .venv/bin/python benchmarks/bench_collect.py                  # PPOConfig as configured
+    .venv/bin/python benchmarks/bench_collect.py --ppo n_epochs=5 # change PPOConfig fields (adkit only)
+    .venv/bin/python benchmarks/bench_collect.py --skip-sb3 --goals 9 --encoding raw  # SB3's raw (row, col) input
 """
 
 from __future__ import annotations
@@ -36,7 +40,8 @@ from adkit.envs.grid import MOVES
 from adkit.sources.base import record
 from adkit.sources.ppo import ENCODINGS, PPOLearner
 
-GOAL = (2, 6)  # the single goal of the per-goal runs (optimal return 15)
+PUBLISHED = dict(n_steps=20, batch_size=50, n_epochs=20, learning_rate=3e-4)  # DICP's SB3 PPO settings
+GOAL = (2, 6)  # the single goal of the per-goal runs (optimal return 17)
 STREAMS, STEPS, HORIZON, SIZE = 100, 1000, 20, 9
 CURVE = (1, 10, 25, 50)  # episodes whose mean return is printed
 
@@ -76,17 +81,15 @@ def curve(returns: np.ndarray) -> str:
     return "  ".join(f"ep{k} {mean[k - 1]:5.2f}" for k in CURVE if k <= len(mean))
 
 
-def run_sb3(cfg: PPOConfig) -> tuple[float, np.ndarray]:
-    """Seconds and episode returns ``(STREAMS, episodes)`` of SB3 PPO on GOAL, one thread."""
+def run_sb3() -> tuple[float, np.ndarray]:
+    """Seconds and episode returns ``(STREAMS, episodes)`` of the published SB3 PPO on GOAL, one thread."""
     from stable_baselines3 import PPO
     from stable_baselines3.common.vec_env import DummyVecEnv
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     vec = DummyVecEnv([lambda: Darkroom(GOAL)] * STREAMS)
-    model = PPO("MlpPolicy", vec, policy_kwargs={"net_arch": [cfg.hidden, cfg.hidden]}, n_steps=cfg.n_steps, batch_size=cfg.batch_size, n_epochs=cfg.n_epochs,
-                learning_rate=cfg.lr, gamma=cfg.gamma, gae_lambda=cfg.gae_lambda, clip_range=cfg.clip_range,
-                ent_coef=cfg.ent_coef, vf_coef=cfg.vf_coef, max_grad_norm=cfg.max_grad_norm, seed=0, device="cpu")
+    model = PPO("MlpPolicy", vec, **PUBLISHED, seed=0, device="cpu")
     t0 = time.perf_counter()
     model.learn(STREAMS * STEPS)
     seconds = time.perf_counter() - t0
@@ -116,7 +119,7 @@ def main() -> None:
     p.add_argument("--skip-sb3", action="store_true", help="skip the stable-baselines3 run")
     p.add_argument("--encoding", choices=ENCODINGS, default="rowcol", help="adkit's network input")
     p.add_argument("--threads", type=int, default=0, help="torch threads for adkit (0: torch's default)")
-    p.add_argument("--ppo", nargs="*", default=[], metavar="FIELD=VALUE", help="PPOConfig values to change")
+    p.add_argument("--ppo", nargs="*", default=[], metavar="FIELD=VALUE", help="PPOConfig values for adkit")
     args = p.parse_args()
     changes = dict(kv.split("=", 1) for kv in args.ppo)
     base = PPOConfig()
@@ -128,10 +131,11 @@ def main() -> None:
     all_goals = envs.task_list("darkroom")
     goals = all_goals[: args.goals]
     opt_one = envs.optimal_return("darkroom", GOAL)
-    print(f"PPO {cfg}\ntorch threads: {torch.get_num_threads()}; {STREAMS} streams x {STEPS} steps per goal\n")
+    print(f"published (SB3): {PUBLISHED}\nadkit: {cfg}, encoding {args.encoding}, torch threads "
+          f"{torch.get_num_threads()}\n{STREAMS} streams x {STEPS} steps per goal\n")
 
     if not args.skip_sb3:
-        sb3_s, sb3_ret = run_sb3(cfg)
+        sb3_s, sb3_ret = run_sb3()
         line(f"(a) SB3, goal {GOAL}, 1 thread", 1, sb3_s, sb3_ret, opt_one)
     one_s, one_ret = run_adkit([GOAL], cfg, args.encoding)
     line(f"(b) adkit, goal {GOAL}", 1, one_s, one_ret, opt_one)

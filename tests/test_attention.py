@@ -254,7 +254,7 @@ def test_explorer_sliders_redraw_from_the_record(model):
     ctx.trajectory, ctx.decision = np.array([0, 0, 1, 1]), np.array([30, 50, 30, 50])  # two trajectories
     rec = record_contexts(model, ctx, "rollout")
     box, draw = explorer(rec, layer=0, head=-1)
-    fig, sliders = draw.figure, draw.sliders
+    fig, sliders = draw.figure, draw.widgets
 
     def state():
         heat = fig.axes[0].images[0].get_array().copy()

@@ -317,7 +317,8 @@ def test_profile_rules_and_from_profile():
             "rewarded": C.RewardRecentCompressor(6), "heavy": C.HeavyHitterCompressor(6, 1 - 2 / 6)}
     for rule, ref in same.items():
         assert torch.equal(C.ProfileCompressor(6, rule, 2).select(*batch, pattern), ref.select(*batch, pattern))
-    assert C.ProfileCompressor(6, "full").compress(*batch)[0] is batch[0]
+    full = C.ProfileCompressor(6, "full").select(*batch, pattern)  # the budget binds even for "full" heads
+    assert full.shape == (2, 6) and torch.equal(full, C.HeavyHitterCompressor(6, 0.5).select(*batch, pattern))
     records = [{"rule": "sink", "size": 2}, SimpleNamespace(rule="sink", size=4), {"rule": "heavy", "size": 3},
                SimpleNamespace(rule="sink", size=3)]
     p = C.ProfileCompressor.from_profile(records, 6)

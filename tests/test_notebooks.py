@@ -1,12 +1,15 @@
 """Notebooks: committed clean, one parameters cell, and headless runs on the tiny profile."""
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import papermill as pm
 import pytest
 
 NB_DIR = Path(__file__).resolve().parent.parent / "notebooks"
+SANITIZE = Path(__file__).resolve().parent / "nbval_sanitize.cfg"
 NAMES = ["01_train", "02_extract_attention", "03_metrics", "04_compressors", "05_retrain_eval"]
 
 
@@ -43,3 +46,17 @@ def test_notebooks_run_headless_on_tiny(executed):
     assert "of optimal" in text
     figures = [o for c in out["01_train"]["cells"] for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
     assert len(figures) >= 3  # source curves, loss curves, in-context curve
+
+
+@pytest.mark.slow
+def test_nbval_rerun_prints_the_same_checked_summaries(executed):
+    """nbval re-executes the executed copies (tiny parameters injected) and compares the
+    cells marked ``# NBVAL_CHECK_OUTPUT`` with the first run's output, floats sanitized."""
+    work, out = executed
+    checked = [c for nb in out.values() for c in nb["cells"] if "# NBVAL_CHECK_OUTPUT" in "".join(c["source"])]
+    assert len(checked) >= len(NAMES)  # at least one checked summary per notebook
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--nbval-lax",
+           "--nbval-sanitize-with", str(SANITIZE), "--nbval-cell-timeout", "600",
+           *(str(work / f"{name}.ipynb") for name in NAMES)]
+    run = subprocess.run(cmd, cwd=work, capture_output=True, text=True, timeout=1800)
+    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]

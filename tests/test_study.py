@@ -1,8 +1,6 @@
 """Training-free study: one compression path for rollouts and training, the table, resuming, the explorer."""
 
-import dataclasses
 
-import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -183,17 +181,6 @@ def test_summary_markdown_and_figure(run_dir, table, tmp_path):
 
 
 # ---- cost --------------------------------------------------------------------------------------------
-
-
-def test_peak_allocated_mb_replays_allocations():
-    def f():
-        a = torch.ones(2**20)  # 4 MB
-        b = a * 2  # 8 MB held
-        del a
-        return b * 3  # 8 MB held again, never 12
-
-    assert study.peak_allocated_mb(f) == pytest.approx(8.0, abs=0.01)
-    assert study.peak_allocated_mb(lambda: None) == 0.0
 
 
 def test_decision_cost_counts_the_cache_and_shrinks_with_the_budget(model, history):

@@ -1,0 +1,91 @@
+"""What a decision or a training step costs, measured (wall-clock, peak memory) and counted (attention FLOPs).
+
+* :func:`time_ms`: median wall-clock of a call.
+* :func:`peak_allocated_mb`: the most tensor memory a call held at once, from the
+  allocation events ``torch.profiler`` records (no sampling).
+* :func:`causal_pairs` and :func:`attention_flops`: the work of the attention scores
+  and the weighted sum (``QK^T`` and ``AV``), counted from token counts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import os
+import statistics
+import sys
+import time
+from typing import Callable
+
+
+@contextlib.contextmanager
+def _quiet_stderr():
+    """Send C-level stderr (file descriptor 2) to /dev/null for the block."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def _allocations(nodes):
+    from torch._C._profiler import _ExtraFields_Allocation
+
+    for node in nodes:
+        if isinstance(node.extra_fields, _ExtraFields_Allocation):
+            yield node
+        yield from _allocations(node.children)
+
+
+def peak_allocated_mb(fn: Callable[[], object]) -> float:
+    """Peak net CPU tensor allocation (MB) during ``fn()``, above what was allocated before it.
+
+    Every allocation (+bytes) and free (-bytes) that ``torch.profiler`` records with
+    ``profile_memory=True`` is replayed in time order; the peak of the running sum is the
+    most memory the call held at once. Frees of tensors made before the call count too.
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    prof = profile(activities=[ProfilerActivity.CPU], profile_memory=True)
+    with _quiet_stderr():  # kineto logs a line at start and stop
+        prof.start()
+    try:
+        fn()
+    finally:
+        with _quiet_stderr():
+            prof.stop()
+    events = sorted(_allocations(prof.profiler.kineto_results.experimental_event_tree()),
+                    key=lambda e: e.start_time_ns)
+    running = itertools.accumulate(e.extra_fields.alloc_size for e in events)
+    return max(0, max(running, default=0)) / 2**20
+
+
+def time_ms(fn: Callable[[], object], budget_s: float = 1.0, max_calls: int = 7) -> float:
+    """Median wall-clock (ms) of ``fn()``: one warm-up call, then as many as fit in ``budget_s``
+    (at most ``max_calls``); a warm-up call longer than ``budget_s`` is the measurement."""
+    t0 = time.perf_counter()
+    fn()
+    first = time.perf_counter() - t0
+    if first > budget_s:
+        return 1000 * first
+    times: list[float] = []
+    while len(times) < max_calls and sum(times) < budget_s:
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return 1000 * statistics.median(times)
+
+
+def causal_pairs(tokens: int, window: int | None = None) -> int:
+    """(query, key) pairs a causal pass over ``tokens`` tokens scores, each query seeing at most ``window`` keys."""
+    w = tokens if window is None else min(window, tokens)
+    return w * (w + 1) // 2 + (tokens - w) * w
+
+
+def attention_flops(n_layer: int, n_embd: int, pairs: int) -> int:
+    """FLOPs of ``QK^T`` and ``AV`` over ``pairs`` (query, key) pairs in every layer: 2 x 2 x d per pair."""
+    return 4 * n_embd * n_layer * pairs
