@@ -85,7 +85,7 @@ def attention_work(model_cfg, name: str, budget: int, needs_attention: bool) -> 
 
 def train_step_cost(trainer) -> tuple[float, float]:
     """``(ms, peak MB)`` of one forward + backward on a training batch of ``trainer`` (weights unchanged)."""
-    inputs, targets = trainer._batch(trainer.train_sampler)
+    inputs, targets = trainer.batch(trainer.train_sampler)
 
     def step():
         from adkit.train import loss_and_accuracy
@@ -343,13 +343,25 @@ def markdown_summary(df: pd.DataFrame) -> str:
     return markdown_table(view)
 
 
-def write_outputs(df: pd.DataFrame, run_dir: str | Path) -> list[Path]:
-    """``results.md`` (headline and table) and the figures (both modes against budget, the Pareto front)
-    into ``RUN/study``."""
+def best_cell(df: pd.DataFrame) -> tuple[str, int]:
+    """``(compressor, budget)`` of the retrained cell with the best mean share at the smallest budget."""
+    s = summary(df)
+    s = s[(s["mode"] == MODE) & (s["compressor"] != "none")]
+    if s.empty:
+        raise ValueError("no retrained compressed cell in the table yet")
+    smallest = s[s["budget"] == s["budget"].min()]
+    best = smallest.sort_values("share_mean", ascending=False).iloc[0]
+    return str(best["compressor"]), int(best["budget"])
+
+
+def write_outputs(df: pd.DataFrame, run_dir: str | Path, histories: str | Path | None = None) -> list[Path]:
+    """Into ``RUN/study``: ``results.md`` (headline and table) and the figures: both modes against
+    budget, the Pareto front, and the attention of the best compressed model (:func:`best_cell`,
+    seed 0) against the full model's."""
     import matplotlib.pyplot as plt
 
     from adkit.io import atomic_path, write_text
-    from adkit.retrain_plots import plot_modes, plot_pareto
+    from adkit.retrain_plots import attention_shift, plot_attention_shift, plot_modes, plot_pareto
 
     out = Path(run_dir) / "study"
     md = out / "results.md"
@@ -357,16 +369,21 @@ def write_outputs(df: pd.DataFrame, run_dir: str | Path) -> list[Path]:
     write_text(md, f"# Compression: retrained against training-free\n\n{lines}\n\n{markdown_summary(df)}\n\n"
                    "Share: return / full-context return of the same mode and seed (retrained: the `none` model "
                    "retrained with the same steps and seed; training-free: the run's model). Costs: one "
-                   "decision for all evaluation streams (decision ms, peak MB: tensor memory incl. the key/value "
-                   "cache for `none`), per environment step of the rollout, one forward + backward of a "
+                   "decision of one stream per held-out task (decision ms, peak MB: tensor memory incl. the "
+                   "key/value cache for `none`), per environment step of the rollout, one forward + backward of a "
                    "training batch; attention FLOPs per decision relative to the cached full context.\n")
+    name, budget = best_cell(df)
+    seed = int(df.loc[(df["compressor"] == name) & (df["mode"] == MODE), "seed"].min())
+    figures = {"return_vs_budget_modes.png": lambda: plot_modes(df), "pareto.png": lambda: plot_pareto(df),
+               "attention_compressed.png": lambda: plot_attention_shift(
+                   attention_shift(run_dir, name, budget, seed, histories=histories))}
     paths = [md]
-    for name, plot in (("return_vs_budget_modes.png", plot_modes), ("pareto.png", plot_pareto)):
-        fig = plot(df)
-        with atomic_path(out / name) as tmp:
+    for filename, plot in figures.items():
+        fig = plot()
+        with atomic_path(out / filename) as tmp:
             fig.savefig(tmp, dpi=120, bbox_inches="tight", format="png")
         plt.close(fig)
-        paths.append(out / name)
+        paths.append(out / filename)
     return paths
 
 
@@ -383,5 +400,5 @@ def compression_study(run_dir: str | Path, compressors: Sequence[str] | None = N
     training_free_study(run_dir, names, budgets, seeds, episodes, progress=progress)
     retrained_study(run_dir, names, budgets, seeds, steps, episodes, workers, histories, progress)
     df = results_table(run_dir)
-    write_outputs(df, run_dir)
+    write_outputs(df, run_dir, histories)
     return df

@@ -188,7 +188,8 @@ class Trainer:
         write_text(self.run_dir / "train_state.json", json.dumps(meta))
 
     # ---- loop -------------------------------------------------------------------------------------
-    def _batch(self, sampler: WindowSampler):
+    def batch(self, sampler: WindowSampler):
+        """One batch of model inputs and targets from ``sampler``, compressed if the run compresses."""
         inputs, targets = split_batch(sampler.sample(self.t.batch_size))
         if self.compressor is not None:
             inputs, targets = compress_window(self.compressor, inputs, targets, self.cfg.model.positions,
@@ -200,7 +201,7 @@ class Trainer:
         self.model.eval()
         losses, accs = [], []
         for _ in range(self.t.val_batches):
-            inputs, targets = self._batch(self.val_sampler)
+            inputs, targets = self.batch(self.val_sampler)
             loss, acc = loss_and_accuracy(self.model(**inputs), targets, self.t.loss)
             losses.append(loss.item())
             accs.append(acc.item())
@@ -238,7 +239,7 @@ class Trainer:
             lr = lr_at(progress, self.t, self.step)
             for group in self.opt.param_groups:
                 group["lr"] = lr
-            inputs, targets = self._batch(self.train_sampler)
+            inputs, targets = self.batch(self.train_sampler)
             loss, acc = loss_and_accuracy(self.net(**inputs), targets, self.t.loss, self.t.label_smoothing)
             self.opt.zero_grad(set_to_none=True)
             loss.backward()

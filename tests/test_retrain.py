@@ -54,7 +54,7 @@ def test_a_compressed_training_window_keeps_each_kept_tokens_own_target(tiny_cfg
 def test_trainer_trains_on_windows_of_budget_plus_one_tokens(tmp_path, tiny_hist):
     cfg = load_config("tiny", {"train": {"compressor": "recency", "budget": 5, "steps": 3}})
     trainer = Trainer(cfg, tiny_hist, tmp_path / "run", progress=False)
-    inputs, targets = trainer._batch(trainer.train_sampler)
+    inputs, targets = trainer.batch(trainer.train_sampler)
     assert inputs["actions"].shape == (cfg.train.batch_size, 6) and targets.shape == (cfg.train.batch_size, 6)
     steps = inputs["positions"]
     assert (steps[:, 1:] - steps[:, :-1] == 1).all()  # recency keeps the most recent, consecutive
@@ -130,7 +130,7 @@ def test_an_interrupted_study_keeps_every_finished_cell(tmp_path, run_dir, monke
 def test_results_join_both_modes_and_count_attention_work(run_dir, table):
     from adkit.study import training_free_study
 
-    run, _ = run_dir
+    run, hist = run_dir
     training_free_study(run, ["recency", "attention"], budgets=BUDGETS, seeds=(0,), episodes=2, decisions=2,
                         progress=False)
     both = retrain.results_table(run)
@@ -148,6 +148,12 @@ def test_results_join_both_modes_and_count_attention_work(run_dir, table):
     md = retrain.markdown_summary(both)
     assert "| compressor | budget | mode |" in md and "training-free" in md
     assert any(line.startswith("budget 6 of 20: best retrained") for line in retrain.headline(both, run))
+    name, budget = retrain.best_cell(both)
+    assert budget == 3 and name in ("recency", "attention")
+    paths = retrain.write_outputs(both, run, hist)
+    assert [p.name for p in paths] == ["results.md", "return_vs_budget_modes.png", "pareto.png",
+                                       "attention_compressed.png"]
+    assert all(p.stat().st_size > 0 for p in paths)
 
 
 def test_study_arguments_are_checked(run_dir):
@@ -156,3 +162,17 @@ def test_study_arguments_are_checked(run_dir):
         retrain.retrained_study(run, ["oracle"], histories=hist, progress=False)
     with pytest.raises(ValueError, match="budgets must be transitions kept in 1..19"):
         retrain.retrained_study(run, ["recency"], budgets=(40,), histories=hist, progress=False)
+
+
+def test_curve_explorer_redraws_the_chosen_cell(run_dir, table):
+    from adkit.retrain_plots import curve_explorer, episode_curves
+
+    run, _ = run_dir
+    curves = episode_curves(run, table)
+    assert set(curves) == {("none", 20)} | {(c, b) for c in ("recency", "attention") for b in BUDGETS}
+    assert curves["recency", 3].shape == (1, 2)  # (seeds, episodes)
+    box, draw = curve_explorer(curves, optimal=1.0, name="recency", budget=3)
+    assert draw.figure.axes[0].get_title().startswith("recency @ 3")
+    draw.widgets["name"].value = "attention"
+    draw.widgets["budget"].value = 6
+    assert draw.figure.axes[0].get_title().startswith("attention @ 6")
