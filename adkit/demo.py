@@ -37,33 +37,51 @@ def execute(name: str, run: Path, params: dict, timeout: int = 1800) -> Path:
 
 
 def report(run: Path, figs: Path, timings: dict[str, float]) -> Path:
-    """``figs/REPORT.md``: headline numbers and links to the figures of this run."""
+    """``figs/REPORT.md``, one page: the headline numbers, the in-context curve, the attention
+    recommendations with the check of them, and the compression table, linking the figures
+    (copied next to it) and the full reports of the run."""
+    import json
+
     import pandas as pd
 
+    from adkit.insights import markdown_table
+    from adkit.retrain import RESULTS, headline, read_table
+
     figs.mkdir(parents=True, exist_ok=True)
-    lines = [f"# adkit report: {run}", ""]
+    head, body = [], []
     curve = run / "eval" / "returns.png"
     if curve.exists():
         shutil.copy(curve, figs / "incontext_returns.png")
-        df = pd.read_csv(run / "eval" / "returns.csv")
-        per_ep = df.groupby("episode")[["return", "optimal"]].mean()
-        last = per_ep.tail(10)
-        lines += ["## In-context learning on held-out tasks", "",
-                  f"- first episode: {per_ep['return'].iloc[0]:.2f} "
-                  f"({per_ep['return'].iloc[0] / per_ep['optimal'].iloc[0]:.0%} of optimal)",
-                  f"- last 10 episodes: {last['return'].mean():.2f} of {last['optimal'].mean():.2f} "
-                  f"({last['return'].mean() / last['optimal'].mean():.0%} of optimal)", "",
-                  "![in-context return](incontext_returns.png)", ""]
-    insights = run / "attention" / "insights.md"
+        per_ep = pd.read_csv(run / "eval" / "returns.csv").groupby("episode")[["return", "optimal"]].mean()
+        first, last = per_ep.iloc[0], per_ep.tail(10).mean()
+        head.append(f"in context on held-out tasks: first episode {first['return']:.2f} "
+                    f"({first['return'] / first['optimal']:.0%} of optimal), last 10 episodes "
+                    f"{last['return']:.2f} of {last['optimal']:.2f} ({last['return'] / last['optimal']:.0%})")
+        body += ["## In-context learning on held-out tasks", "", "![in-context return](incontext_returns.png)", ""]
+    insights = run / "attention" / "insights.json"
     if insights.exists():
-        lines += ["## What the model attends to", "", insights.read_text().strip(), ""]
-    for name, title in (("training_free.md", "Training-free compression"), ("results.md", "Retrained with compression")):
-        table = run / "study" / name
-        if table.exists():
-            lines += [f"## {title}", "", table.read_text().strip(), ""]
+        data = json.loads(insights.read_text())
+        shutil.copy(run / "attention" / "insights.md", figs / "insights.md")
+        recs = pd.DataFrame([{"layer": x["layer"], "recommended": f"`{x['name']}`", "keep": x["budget"],
+                              "rule": x["rule"]} for x in data["layers"]])
+        head.append("attention recommends " + ", ".join(f"layer {x['layer']}: `{x['name']}`" for x in data["layers"]))
+        verdict = (data.get("ablation") or {}).get("verdict")
+        body += ["## What the model attends to", "", markdown_table(recs), ""]
+        body += [f"Check of the advice: {verdict}", ""] if verdict else []
+        body += ["Full report: [insights.md](insights.md).", ""]
+    results = run / "study" / RESULTS
+    if results.exists():
+        head += headline(read_table(results), run)
+        shutil.copy(run / "study" / "results.md", figs / "results.md")
+        body += ["## Compression: retrained against training-free", "",
+                 "Table: [results.md](results.md); training-free, every strategy: "
+                 "[training_free.md](training_free.md).", ""]
+    if (run / "study" / "training_free.md").exists():
+        shutil.copy(run / "study" / "training_free.md", figs / "training_free.md")
     for png in sorted((run / "study").glob("*.png")):
         shutil.copy(png, figs / png.name)
-        lines += [f"![{png.stem}]({png.name})", ""]
+        body += [f"![{png.stem}]({png.name})", ""]
+    lines = [f"# adkit report: {run}", "", *(f"- {h}" for h in head), "", *body]
     lines += ["## Notebooks", "", "| notebook | seconds | executed copy |", "|---|---|---|"]
     lines += [f"| {n} | {s:.0f} | `{run / 'notebooks' / (n + '.ipynb')}` |" for n, s in timings.items()]
     path = figs / "REPORT.md"

@@ -46,11 +46,11 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from adkit import compress, envs
+from adkit import compress, envs, study
 from adkit.collect import default_path
 from adkit.cost import attention_flops, causal_pairs, peak_allocated_mb, time_ms
 from adkit.evaluate import rollout
-from adkit.study import decision_cost, profile_kwargs, read_table, write_table
+from adkit.study import decision_cost, profile_kwargs, write_table
 
 MODE = "retrained"
 KEY = ["compressor", "budget", "mode", "seed"]
@@ -141,6 +141,11 @@ def run_cell(run_dir: str | Path, name: str, budget: int, seed: int, steps: int,
     }
 
 
+def read_table(path: str | Path) -> pd.DataFrame:
+    """A table of :data:`COLUMNS` at ``path`` (empty when there is none yet)."""
+    return study.read_table(path, COLUMNS)
+
+
 def _with_full_return(rows: list[dict]) -> pd.DataFrame:
     """The rows with ``full_return`` set from the ``none`` row of the same seed (NaN until it exists)."""
     df = pd.DataFrame(rows, columns=COLUMNS)
@@ -189,7 +194,7 @@ def retrained_study(run_dir: str | Path, compressors: Sequence[str] | None = Non
     hist = require(Path(histories) if histories else default_path(cfg),
                    f"`adkit collect -c {cfg.profile}` (notebook 01_train)")
     path = run_dir / "study" / TABLE
-    rows = read_table(path, COLUMNS).to_dict("records")
+    rows = read_table(path).to_dict("records")
     for r in rows:
         if int(r["train_steps"]) != steps or int(r["episodes"]) != episodes:
             raise ValueError(f"{path} holds cells made with {int(r['train_steps'])} training steps and "
@@ -224,7 +229,7 @@ def retrained_study(run_dir: str | Path, compressors: Sequence[str] | None = Non
             for future in as_completed(futures):
                 finish(future.result())
     bar.close()
-    return read_table(path, COLUMNS)
+    return read_table(path)
 
 
 # ---- both modes in one table ------------------------------------------------------------------------
@@ -238,11 +243,10 @@ def results_table(run_dir: str | Path) -> pd.DataFrame:
     the retrained ``none`` model's (same sizes, steps and seed 0's measurement); its seed
     is the evaluation seed and its ``full_return`` the run's full-context return on it.
     """
-    from adkit.study import TABLE as TF_TABLE
 
     study_dir = Path(run_dir) / "study"
-    re_df = read_table(study_dir / TABLE, COLUMNS)
-    tf = read_table(study_dir / TF_TABLE)
+    re_df = read_table(study_dir / TABLE)
+    tf = study.read_table(study_dir / study.TABLE)
     pairs = set(zip(re_df["compressor"], re_df["budget"])) | {("none", b) for b in re_df["budget"]}
     tf = tf[[(c, b) in pairs for c, b in zip(tf["compressor"], tf["budget"])]]
     base = re_df[re_df["compressor"] == "none"]

@@ -60,3 +60,21 @@ def test_nbval_rerun_prints_the_same_checked_summaries(executed):
            *(str(work / f"{name}.ipynb") for name in NAMES)]
     run = subprocess.run(cmd, cwd=work, capture_output=True, text=True, timeout=1800)
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
+
+
+@pytest.mark.slow
+def test_report_is_one_page_linking_existing_figures(executed, tmp_path):
+    import re
+
+    from adkit.demo import NOTEBOOKS, report
+
+    work, _ = executed
+    path = report(work / "run", tmp_path / "figs", {name: 1.0 for name in NOTEBOOKS})
+    text = path.read_text()
+    for heading in ("## In-context learning on held-out tasks", "## What the model attends to",
+                    "## Compression: retrained against training-free", "## Notebooks"):
+        assert heading in text
+    assert "- in context on held-out tasks: first episode" in text and "best retrained" in text
+    links = re.findall(r"\]\(([^)]+)\)", text)
+    assert {"incontext_returns.png", "pareto.png", "attention_compressed.png", "results.md"} <= set(links)
+    assert all((path.parent / link).exists() for link in links)
