@@ -100,6 +100,7 @@ class TrainConfig:
     threads: int = 0  # torch threads; 0 keeps torch's default
     compressor: str = "none"  # retrain on compressed windows: an adkit.compress strategy ("none": full windows)
     budget: int = 0  # earlier transitions each compressed window keeps (1 .. n_transit - 1, with a compressor)
+    compressed_batch: int = 0  # windows per step with a compressor; 0: batch_size (each gives budget + 1 targets)
 
 
 @dataclass

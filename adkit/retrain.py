@@ -15,8 +15,9 @@ One row per cell, ``mode`` ``retrained``:
 * ``return``: mean episode return over the held-out tasks x ``eval.seeds`` streams
   (stream seeds ``1000 * seed + j``) x the episodes; ``full_return``: the retrained
   ``none`` model's on the same streams.
-* cost: ``train_step_ms`` and ``train_peak_mem_mb`` (one forward + backward on a
-  training batch, median wall-clock and peak tensor memory, :mod:`adkit.cost`);
+* cost: ``train_step_ms`` and ``train_peak_mem_mb`` (a training step without the
+  update: batch, compression, forward, backward; median wall-clock and peak tensor
+  memory, :func:`train_step_cost`);
   ``rollout_step_ms`` (the evaluation's wall-clock per environment step, all streams
   batched), ``decision_ms`` and ``peak_mem_mb`` (one steady-state decision of one stream
   per held-out task, as in the training-free study: :func:`adkit.study.decision_cost`); ``attn_flops`` per decision and
@@ -63,9 +64,9 @@ DEFAULT_COMPRESSORS = ("recency", "uniform", "attention", "threshold", "adaptive
                        "sink-recent")
 
 
-def cell_dir(run_dir: str | Path, name: str, budget: int, seed: int) -> Path:
-    """Where the model of one retrained cell trains."""
-    return Path(run_dir) / "study" / "retrained" / f"{name}-b{budget}-s{seed}"
+def cell_dir(run_dir: str | Path, name: str, budget: int, seed: int, root: str | Path | None = None) -> Path:
+    """Where the model of one retrained cell trains (under ``root``, default ``RUN/study/retrained``)."""
+    return Path(root or Path(run_dir) / "study" / "retrained") / f"{name}-b{budget}-s{seed}"
 
 
 def attention_work(model_cfg, name: str, budget: int, needs_attention: bool) -> tuple[int, int]:
@@ -84,12 +85,13 @@ def attention_work(model_cfg, name: str, budget: int, needs_attention: bool) -> 
 
 
 def train_step_cost(trainer) -> tuple[float, float]:
-    """``(ms, peak MB)`` of one forward + backward on a training batch of ``trainer`` (weights unchanged)."""
-    inputs, targets = trainer.batch(trainer.train_sampler)
+    """``(ms, peak MB)`` of one training step of ``trainer`` without the update: drawing and
+    compressing a batch (with the scorer's pass for attention-based strategies), forward and
+    backward. The weights do not change."""
+    from adkit.train import loss_and_accuracy
 
     def step():
-        from adkit.train import loss_and_accuracy
-
+        inputs, targets = trainer.batch(trainer.train_sampler)
         loss, _ = loss_and_accuracy(trainer.model(**inputs), targets, trainer.t.loss)
         loss.backward()
         trainer.opt.zero_grad(set_to_none=True)
@@ -98,8 +100,12 @@ def train_step_cost(trainer) -> tuple[float, float]:
 
 
 def run_cell(run_dir: str | Path, name: str, budget: int, seed: int, steps: int, episodes: int,
-             histories: str | Path, extra: dict, threads: int = 0, progress: bool = False) -> dict:
-    """Train and evaluate one cell (resuming its training if it was interrupted); returns its row."""
+             histories: str | Path, extra: dict, threads: int = 0, progress: bool = False,
+             train: dict | None = None, root: str | Path | None = None) -> dict:
+    """Train and evaluate one cell (resuming its training if it was interrupted); returns its row.
+
+    ``train``: more ``TrainConfig`` fields for this cell (e.g. ``compressed_batch``); ``root``:
+    where its model trains (:func:`cell_dir`)."""
     from adkit.histories import load as load_histories
     from adkit.model import load
     from adkit.pipeline import run_config
@@ -113,8 +119,8 @@ def run_cell(run_dir: str | Path, name: str, budget: int, seed: int, steps: int,
     compressed = name != "none"
     cell_cfg = dataclasses.replace(cfg, train=dataclasses.replace(
         cfg.train, seed=seed, steps=steps, compressor=name if compressed else "none",
-        budget=budget if compressed else 0))
-    out = cell_dir(run_dir, name, budget, seed)
+        budget=budget if compressed else 0, **(train or {})))
+    out = cell_dir(run_dir, name, budget, seed, root)
     trainer = Trainer(cell_cfg, load_histories(histories), out, progress=progress, scorer=scorer,
                       compressor_kw=extra.get(name, {}))
     trainer.run()
@@ -374,8 +380,8 @@ def write_outputs(df: pd.DataFrame, run_dir: str | Path, histories: str | Path |
                    "Share: return / full-context return of the same mode and seed (retrained: the `none` model "
                    "retrained with the same steps and seed; training-free: the run's model). Costs: one "
                    "decision of one stream per held-out task (decision ms, peak MB: tensor memory incl. the "
-                   "key/value cache for `none`), per environment step of the rollout, one forward + backward of a "
-                   "training batch; attention FLOPs per decision relative to the cached full context.\n")
+                   "key/value cache for `none`), per environment step of the rollout, a training step without the update "
+                   "(batch, compression, forward, backward); attention FLOPs per decision relative to the cached full context.\n")
     name, budget = best_cell(df)
     seed = int(df.loc[(df["compressor"] == name) & (df["mode"] == MODE), "seed"].min())
     figures = {"return_vs_budget_modes.png": lambda: plot_modes(df), "pareto.png": lambda: plot_pareto(df),

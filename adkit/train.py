@@ -190,7 +190,8 @@ class Trainer:
     # ---- loop -------------------------------------------------------------------------------------
     def batch(self, sampler: WindowSampler):
         """One batch of model inputs and targets from ``sampler``, compressed if the run compresses."""
-        inputs, targets = split_batch(sampler.sample(self.t.batch_size))
+        size = (self.t.compressed_batch or self.t.batch_size) if self.compressor is not None else self.t.batch_size
+        inputs, targets = split_batch(sampler.sample(size))
         if self.compressor is not None:
             inputs, targets = compress_window(self.compressor, inputs, targets, self.cfg.model.positions,
                                               self.scorer, self.compress_rng)

@@ -58,6 +58,9 @@ def test_trainer_trains_on_windows_of_budget_plus_one_tokens(tmp_path, tiny_hist
     assert inputs["actions"].shape == (cfg.train.batch_size, 6) and targets.shape == (cfg.train.batch_size, 6)
     steps = inputs["positions"]
     assert (steps[:, 1:] - steps[:, :-1] == 1).all()  # recency keeps the most recent, consecutive
+    more = load_config("tiny", {"train": {"compressor": "recency", "budget": 5, "compressed_batch": 13}})
+    trainer = Trainer(more, tiny_hist, tmp_path / "more", progress=False)
+    assert trainer.batch(trainer.train_sampler)[1].shape == (13, 6)  # windows per step, when set
 
 
 @pytest.mark.parametrize("train_cfg, message", [
