@@ -40,11 +40,22 @@ def doctor(config: str = "quick", run_dir: str | None = None) -> int:
         ((run / "eval" / "returns.csv").exists(), f"in-context evaluation {run}/eval/returns.csv",
          f"adkit evaluate --run-dir {run}"),
     ]
+    later = [
+        ((run / "attention" / "attention.h5").exists(), f"attention file {run}/attention/attention.h5",
+         f"adkit attention --run-dir {run}  (notebooks 02, 03)"),
+        ((run / "study" / "results.csv").exists(), f"compression study {run}/study/results.csv",
+         f"adkit study --run-dir {run}  (notebooks 04, 05)"),
+    ]
     print("pipeline")
     next_cmd = None
     for present, what, cmd in steps:
         ok &= _check(present, what, cmd)
         if not present and next_cmd is None:
             next_cmd = cmd
-    print(f"next: {next_cmd}" if next_cmd else "all stages present; open notebooks/02_extract_attention.ipynb")
+    print("analysis (optional)")
+    for present, what, cmd in later:
+        print(f"  {'OK ' if present else '-- '}  {what}" + ("" if present else f"\n           -> {cmd}"))
+        if not present and next_cmd is None:
+            next_cmd = cmd
+    print(f"next: {next_cmd}" if next_cmd else "everything is in place; open the notebooks or figs/REPORT.md")
     return 0 if ok else 1
