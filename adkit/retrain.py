@@ -380,8 +380,9 @@ def write_outputs(df: pd.DataFrame, run_dir: str | Path, histories: str | Path |
                    "Share: return / full-context return of the same mode and seed (retrained: the `none` model "
                    "retrained with the same steps and seed; training-free: the run's model). Costs: one "
                    "decision of one stream per held-out task (decision ms, peak MB: tensor memory incl. the "
-                   "key/value cache for `none`), per environment step of the rollout, a training step without the update "
-                   "(batch, compression, forward, backward); attention FLOPs per decision relative to the cached full context.\n")
+                   "key/value cache for `none`), per environment step of the rollout, a training step without "
+                   "the update (batch, compression, forward, backward); attention FLOPs per decision relative "
+                   "to the cached full context.\n")
     name, budget = best_cell(df)
     seed = int(df.loc[(df["compressor"] == name) & (df["mode"] == MODE), "seed"].min())
     figures = {"return_vs_budget_modes.png": lambda: plot_modes(df), "pareto.png": lambda: plot_pareto(df),

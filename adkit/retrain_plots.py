@@ -41,10 +41,10 @@ def plot_modes(df: pd.DataFrame) -> Figure:
     names = [c for c in dict.fromkeys(s["compressor"]) if c != "none"]
     colors = _colors(names)
     for (name, mode), g in s[s["compressor"] != "none"].groupby(["compressor", "mode"], sort=False):
-        g = g.sort_values("budget")
+        g, retrained = g.sort_values("budget"), mode == MODE
         ax.errorbar(g["budget"], g["return_mean"], yerr=g["return_std"], color=colors[name], capsize=2,
-                    marker="o" if mode == MODE else "s", ls="-" if mode == MODE else "--", lw=1.6 if mode == MODE else 1,
-                    ms=4, label=f"{name} ({mode})", alpha=1 if mode == MODE else 0.6)
+                    marker="o" if retrained else "s", ls="-" if retrained else "--", lw=1.6 if retrained else 1,
+                    ms=4, label=f"{name} ({mode})", alpha=1 if retrained else 0.6)
     for mode, ls in ((MODE, "-"), ("training-free", "--")):
         base = s[(s["compressor"] == "none") & (s["mode"] == mode)]
         if len(base):
@@ -78,7 +78,7 @@ def plot_pareto(df: pd.DataFrame) -> Figure:
     s = summary(df)
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
     colors = {**_colors([c for c in dict.fromkeys(s["compressor"]) if c != "none"]), "none": "tab:blue"}
-    for ax, cost, label in ((axes[0], "decision_ms", "decision time, all streams (ms, measured)"),
+    for ax, cost, label in ((axes[0], "decision_ms", "decision time, one stream per task (ms, measured)"),
                             (axes[1], "attn_flops", "attention FLOPs per decision (counted)")):
         for mode, marker in ((MODE, "o"), ("training-free", "s")):
             g = s[s["mode"] == mode]
@@ -113,7 +113,9 @@ def attention_shift(run_dir: str | Path, name: str, budget: int, seed: int = 0, 
     """Where the decision's attention goes (layer- and head-resolved means over ``contexts``
     training windows): the run's full model on full windows, and the retrained ``name`` @
     ``budget`` model on the same windows compressed as it was trained. One row per model,
-    layer and distance back (in transitions) with the mean attention mass there."""
+    layer and distance back (in transitions) with the mean attention there relative to
+    uniform (mass x visible tokens: 1 means as much as every visible token gets on average,
+    so contexts of different lengths compare)."""
     from adkit.attention import window_contexts
     from adkit.collect import default_path
     from adkit.context import compress_window
@@ -134,11 +136,13 @@ def attention_shift(run_dir: str | Path, name: str, budget: int, seed: int = 0, 
     rows = []
     for label, model, tokens in (("full context", full, inputs), (f"{name} @ {budget} (retrained)", small, kept)):
         _, cache = model.run_with_cache(**tokens, names="hook_pattern")
-        pattern = cache.stack("pattern")[:, :, :, -1, :-1].mean(2)  # (layer, B, H, L, L) -> (layer, B, L - 1)
+        visible = tokens["actions"].shape[1]
+        pattern = visible * cache.stack("pattern")[:, :, :, -1, :-1].mean(2)  # (layer, B, H, L, L) -> (layer, B, L - 1)
         back = (tokens["positions"][:, -1:] - tokens["positions"][:, :-1]).numpy()  # (B, L - 1) steps back
-        for layer, mass in enumerate(pattern.numpy()):
-            frame = pd.DataFrame({"back": back.ravel(), "mass": mass.ravel()}).groupby("back")["mass"].mean()
-            rows += [{"model": label, "layer": layer, "back": int(b), "mass": float(m)} for b, m in frame.items()]
+        for layer, rel in enumerate(pattern.numpy()):
+            by_back = pd.Series(rel.ravel()).groupby(back.ravel()).mean()
+            rows += [{"model": label, "layer": layer, "back": int(b), "relative_attention": float(v)}
+                     for b, v in by_back.items()]
     return pd.DataFrame(rows)
 
 
@@ -149,11 +153,12 @@ def plot_attention_shift(shift: pd.DataFrame) -> Figure:
     for ax, layer in zip(axes[0], layers):
         for (label, g), style in zip(shift[shift["layer"] == layer].groupby("model", sort=False),
                                      (dict(color="tab:blue", lw=1.5), dict(color="tab:red", marker="o", ms=3, lw=0.8))):
-            ax.plot(g["back"], g["mass"], label=label, **style)
+            ax.plot(g["back"], g["relative_attention"], label=label, **style)
+        ax.axhline(1, color="0.5", ls=":", lw=1)
         ax.set_xscale("log")
         ax.set(title=f"layer {layer}", xlabel="transitions back from the decision")
         ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel("mean attention of the decision")
+    axes[0][0].set_ylabel("decision's attention, x uniform")
     axes[0][-1].legend(fontsize=7)
     fig.suptitle("attention after compression: full model vs retrained compressed model", fontsize=10)
     fig.tight_layout()
