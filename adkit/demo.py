@@ -13,15 +13,15 @@ from adkit.pipeline import run_dir_for
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = ("01_train", "02_extract_attention", "03_metrics", "04_compressors", "05_retrain_eval")
 # the demo's compression sweeps, sized for minutes: training-free, every strategy but the (slow) oracle
-# at every budget, one seed and 20 episodes; retrained, four strategies at 20 and 10 of 80 kept, one
-# seed, 300 training steps (the full-context baseline too), two cells at a time. `adkit study --run-dir
-# RUN` runs the full study.
+# at every budget, one seed and 20 episodes; retrained, the attention-recommended `uniform`, the random
+# baseline, sink + recent and attention top-K at 20 and 10 of 80 kept, one seed, the run's training steps,
+# two cells at a time. `adkit study --run-dir RUN` runs the full study.
 DEMO_PARAMS = {
     "04_compressors": {"episodes": 20, "seeds": 1, "compressors": [
         "recency", "uniform", "attention", "threshold", "adaptive", "exponential", "sink-recent", "h2o", "snapkv",
         "reward-recent", "best-episode", "profile", "random"]},
-    "05_retrain_eval": {"episodes": 20, "seeds": 1, "steps": 300, "workers": 2, "budgets": [20, 10],
-                        "compressors": ["recency", "sink-recent", "attention", "random"]},
+    "05_retrain_eval": {"episodes": 20, "seeds": 1, "workers": 2, "budgets": [20, 10],
+                        "compressors": ["uniform", "random", "sink-recent", "attention"]},
 }
 
 

@@ -319,8 +319,9 @@ def headline(df: pd.DataFrame, run_dir: str | Path | None = None, targets: dict[
         target = targets.get(int(budget))
         verdict = "" if target is None else (f"; target {target:.0%}: "
                                              f"{'met' if best['share_mean'] >= target else 'NOT met'}")
+        spread = f" ± {best['share_std']:.0%}" if best["seeds"] > 1 else " (1 seed)"
         line = (f"budget {budget} of {int(b0['budget'])}: best retrained `{best['compressor']}` keeps "
-                f"{best['share_mean']:.0%} ± {best['share_std']:.0%} of the full-context return"
+                f"{best['share_mean']:.0%}{spread} of the full-context return"
                 f"{verdict}; decision {best['decision_ms']:.2f} ms vs {b0['decision_ms']:.2f} ms (cached full "
                 f"context), peak {best['peak_mem_mb']:.2f} MB vs {b0['peak_mem_mb']:.2f} MB, attention FLOPs "
                 f"x{best['attn_flops'] / b0['attn_flops']:.2f}, training step {best['train_step_ms']:.0f} ms vs "
