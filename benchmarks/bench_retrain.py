@@ -9,7 +9,8 @@ per step (as many targets per step as the full-context model; same steps and see
 under ``RUN/study/equal-targets/`` and prints each beside the study's cell
 (``RUN/study/retrained.csv``, made by ``adkit study``): return, share of the
 retrained full-context return of the same seed, training step time.
-Finished cells are kept in ``RUN/study/equal_targets.csv`` and not recomputed.
+Finished cells are kept in ``RUN/study/equal_targets.csv`` (``--out``) and not recomputed;
+two processes with different ``--out`` run different cells side by side.
 
     OMP_NUM_THREADS=1 python benchmarks/bench_retrain.py --run-dir runs/quick \\
         --compressors uniform exponential --budgets 20 10 --seeds 0 1 2
@@ -34,6 +35,7 @@ def main() -> None:
     p.add_argument("--compressors", nargs="+", default=["uniform"])
     p.add_argument("--budgets", type=int, nargs="+", default=[20, 10])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--out", default=None, help="table of the finished cells (default RUN/study/equal_targets.csv)")
     args = p.parse_args()
     run = Path(args.run_dir)
     cfg = run_config(run)
@@ -42,7 +44,7 @@ def main() -> None:
         raise SystemExit(f"{run / 'study' / TABLE} is empty: run `adkit study --run-dir {run}` first")
     steps, episodes = int(study["train_steps"].iloc[0]), int(study["episodes"].iloc[0])
     seq_len = cfg.train.seq_len or 2 * cfg.model.n_transit
-    out = run / "study" / "equal_targets.csv"
+    out = Path(args.out) if args.out else run / "study" / "equal_targets.csv"
     rows = read_table(out).to_dict("records")
     done = {(r["compressor"], int(r["budget"]), int(r["seed"])) for r in rows}
     for seed in args.seeds:
