@@ -17,10 +17,28 @@ import sys
 from pathlib import Path
 
 
+def overrides(pairs: list[str] | None) -> dict:
+    """``["train.budget=20", "train.compressor=recency"]`` -> nested config overrides
+    (values read as YAML scalars: numbers, booleans, strings)."""
+    import yaml
+
+    out: dict = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--set takes SECTION.FIELD=VALUE, got {pair!r}")
+        *path, last = key.split(".")
+        node = out
+        for part in path:
+            node = node.setdefault(part, {})
+        node[last] = yaml.safe_load(value)
+    return out
+
+
 def _config(args):
     from adkit.config import load_config
 
-    return load_config(args.config)
+    return load_config(args.config, overrides(getattr(args, "set", None)))
 
 
 def cmd_collect(args) -> int:
@@ -47,7 +65,12 @@ def cmd_train(args) -> int:
 
     cfg = _config(args)
     h = histories_for(cfg, args.histories)
-    run = train(cfg, h, args.run_dir, time_budget_s=args.time_budget)
+    scorer = None
+    if args.scorer:
+        from adkit.model import load
+
+        scorer = load(args.scorer)
+    run = train(cfg, h, args.run_dir, time_budget_s=args.time_budget, scorer=scorer)
     print(f"trained {run} (log: {run / 'train_log.csv'})")
     return 0
 
@@ -156,6 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("collect", help="write learning histories")
     s.add_argument("-c", "--config", required=True, help="profile name (tiny, quick, paper) or YAML path")
     s.add_argument("-o", "--out", default=None, help="histories file (default: data/PROFILE-ENV-SOURCE.h5)")
+    s.add_argument("--set", nargs="+", metavar="SECTION.FIELD=VALUE", help="change config fields")
     s.set_defaults(fn=cmd_collect)
 
     s = sub.add_parser("train", help="train the AD transformer")
@@ -163,6 +187,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--run-dir", required=True, help="where the checkpoint and logs go (resumes if present)")
     s.add_argument("--histories", default=None, help="histories file (default: the profile's)")
     s.add_argument("--time-budget", type=float, default=0.0, help="stop after this many seconds (0: none)")
+    s.add_argument("--set", nargs="+", metavar="SECTION.FIELD=VALUE",
+                   help="change config fields, e.g. train.compressor=uniform train.budget=20")
+    s.add_argument("--scorer", default=None,
+                   help="run directory of the full-context model that attention-scored compressors score with")
     s.set_defaults(fn=cmd_train)
 
     s = sub.add_parser("evaluate", help="in-context returns on held-out tasks")

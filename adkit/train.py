@@ -276,9 +276,10 @@ def replica_checksum(model: torch.nn.Module) -> float:
 
 
 def train(cfg: Config, h: Histories, run_dir: str | Path, progress: bool = True, time_budget_s: float = 0.0,
-          until: int | None = None) -> Path:
-    """Train (or resume) a run; under torchrun also records every replica's checksum."""
-    trainer = Trainer(cfg, h, run_dir, progress=progress)
+          until: int | None = None, scorer=None) -> Path:
+    """Train (or resume) a run; under torchrun also records every replica's checksum.
+    ``scorer``: the full-context model an attention-scored ``train.compressor`` scores with."""
+    trainer = Trainer(cfg, h, run_dir, progress=progress, scorer=scorer)
     trainer.run(time_budget_s, until)
     if trainer.ddp:
         sums = [None] * dist.get_world_size()

@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 
 from adkit.cli import main
+from adkit.config import load_config
 
 
 @pytest.fixture
@@ -53,3 +54,17 @@ def test_compress_demo_prints_every_strategy(capsys):
     assert main(["compress", "--demo"]) == 0
     out = capsys.readouterr().out
     assert all(f"  {name} " in out for name in COMPRESSORS)
+
+
+def test_train_with_set_overrides_and_a_scorer(in_tmp, capsys):
+    assert main(["collect", "-c", "tiny"]) == 0
+    assert main(["train", "-c", "tiny", "--run-dir", "runs/full", "--set", "train.steps=4"]) == 0
+    args = ["train", "-c", "tiny", "--run-dir", "runs/attn", "--set", "train.steps=4", "train.compressor=attention",
+            "train.budget=5"]
+    assert main(args) == 2
+    assert "pass scorer=" in capsys.readouterr().err  # attention-scored: a scorer is needed
+    assert main(args + ["--scorer", "runs/full"]) == 0
+    cfg = load_config("runs/attn/config.yaml")
+    assert (cfg.train.compressor, cfg.train.budget, cfg.train.steps) == ("attention", 5, 4)
+    assert main(["train", "-c", "tiny", "--run-dir", "runs/x", "--set", "train.steps"]) == 2
+    assert "--set takes SECTION.FIELD=VALUE, got 'train.steps'" in capsys.readouterr().err
