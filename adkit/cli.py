@@ -82,7 +82,7 @@ def cmd_evaluate(args) -> int:
     from adkit.evaluate import rollout, summary
     from adkit.model import load
     from adkit.pipeline import run_config
-    from adkit.plots import plot_curves
+    from adkit.plots import plot_curves, save_png
 
     cfg = run_config(args.run_dir)
     model = load(args.run_dir)
@@ -100,7 +100,7 @@ def cmd_evaluate(args) -> int:
     out = Path(args.out) if args.out else Path(args.run_dir) / "eval" / "returns.csv"
     res.write_csv(out)
     fig = plot_curves(res, title=f"{cfg.env.name}: in-context return on {len(tasks)} tasks")
-    fig.savefig(out.with_suffix(".png"), dpi=120, bbox_inches="tight")
+    save_png(fig, out.with_suffix(".png"))
     s = summary(res)
     print(f"wrote {out} and {out.with_suffix('.png')}")
     print(f"first episode {s['first_episode']:.2f}, last 10 episodes {s['last_mean']:.2f} "

@@ -55,6 +55,16 @@ def plot_train_log(log, ax=None):
     return fig
 
 
+def save_png(fig: Figure, path, dpi: int = 120):
+    """Write ``fig`` as a PNG at ``path`` atomically (a crash leaves the previous file whole) and close it."""
+    from adkit.io import atomic_path
+
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format="png")
+    plt.close(fig)
+    return path
+
+
 def widget_panel(fig: Figure, widgets: dict, draw_into: Callable[..., Figure]):
     """Widgets over an output area that redraw ``fig`` whenever one of them changes.
 

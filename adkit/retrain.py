@@ -20,8 +20,9 @@ One row per cell, ``mode`` ``retrained``:
   memory, :func:`train_step_cost`);
   ``rollout_step_ms`` (the evaluation's wall-clock per environment step, all streams
   batched), ``decision_ms`` and ``peak_mem_mb`` (one steady-state decision of one stream
-  per held-out task, as in the training-free study: :func:`adkit.study.decision_cost`); ``attn_flops`` per decision and
-  ``train_attn_flops`` per training sequence (:func:`attention_work`).
+  per held-out task, as in the training-free study: :func:`adkit.study.decision_cost`);
+  ``attn_flops`` per decision and ``train_attn_flops`` per training sequence
+  (:func:`attention_work`).
 
 ``RUN/study/retrained.csv`` gets a row per finished cell, rewritten atomically; a
 cell's model trains in ``RUN/study/retrained/{compressor}-b{budget}-s{seed}/`` with
@@ -162,9 +163,10 @@ def _with_full_return(rows: list[dict]) -> pd.DataFrame:
 
 def _check_names(compressors: Sequence[str] | None) -> list[str]:
     names = list(dict.fromkeys(compressors or DEFAULT_COMPRESSORS))
-    bad = [c for c in names if c not in compress.COMPRESSORS or c in ("none", "full", "oracle")]
+    not_trainable = ("none", "full", "oracle")  # the baselines, and the oracle (O(n^2) model calls per window)
+    bad = [c for c in names if c not in compress.COMPRESSORS or c in not_trainable]
     if bad:
-        known = [c for c in compress.COMPRESSORS if c not in ("none", "full", "oracle")]
+        known = [c for c in compress.COMPRESSORS if c not in not_trainable]
         raise ValueError(f"cannot retrain with {bad}; strategies: {', '.join(known)}")
     return names
 
@@ -188,14 +190,13 @@ def retrained_study(run_dir: str | Path, compressors: Sequence[str] | None = Non
     """
     from adkit.model import load
     from adkit.pipeline import require, run_config
-    from adkit.study import _check_budgets
 
     run_dir = Path(run_dir)
     cfg = run_config(run_dir)
     scorer = load(run_dir)
     n = scorer.cfg.n_transit
     names = _check_names(compressors)
-    budgets = _check_budgets(budgets, n)
+    budgets = study.check_budgets(budgets, n)
     steps, episodes = steps or cfg.train.steps, episodes or cfg.eval.episodes
     hist = require(Path(histories) if histories else default_path(cfg),
                    f"`adkit collect -c {cfg.profile}` (notebook 01_train)")
@@ -249,7 +250,6 @@ def results_table(run_dir: str | Path) -> pd.DataFrame:
     the retrained ``none`` model's (same sizes, steps and seed 0's measurement); its seed
     is the evaluation seed and its ``full_return`` the run's full-context return on it.
     """
-
     study_dir = Path(run_dir) / "study"
     re_df = read_table(study_dir / TABLE)
     tf = study.read_table(study_dir / study.TABLE)
@@ -369,9 +369,8 @@ def write_outputs(df: pd.DataFrame, run_dir: str | Path, histories: str | Path |
     """Into ``RUN/study``: ``results.md`` (headline and table) and the figures: both modes against
     budget, the Pareto front, and the attention of the best compressed model (:func:`best_cell`,
     seed 0) against the full model's."""
-    import matplotlib.pyplot as plt
-
-    from adkit.io import atomic_path, write_text
+    from adkit.io import write_text
+    from adkit.plots import save_png
     from adkit.retrain_plots import attention_shift, plot_attention_shift, plot_modes, plot_pareto
 
     out = Path(run_dir) / "study"
@@ -389,14 +388,7 @@ def write_outputs(df: pd.DataFrame, run_dir: str | Path, histories: str | Path |
     figures = {"return_vs_budget_modes.png": lambda: plot_modes(df), "pareto.png": lambda: plot_pareto(df),
                "attention_compressed.png": lambda: plot_attention_shift(
                    attention_shift(run_dir, name, budget, seed, histories=histories))}
-    paths = [md]
-    for filename, plot in figures.items():
-        fig = plot()
-        with atomic_path(out / filename) as tmp:
-            fig.savefig(tmp, dpi=120, bbox_inches="tight", format="png")
-        plt.close(fig)
-        paths.append(out / filename)
-    return paths
+    return [md, *(save_png(plot(), out / filename) for filename, plot in figures.items())]
 
 
 def compression_study(run_dir: str | Path, compressors: Sequence[str] | None = None,

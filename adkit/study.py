@@ -257,7 +257,7 @@ def write_table(df: pd.DataFrame, path: str | Path, columns: Sequence[str] = COL
     return path
 
 
-def _check_budgets(budgets: Sequence[int], n_transit: int) -> list[int]:
+def check_budgets(budgets: Sequence[int], n_transit: int) -> list[int]:
     bad = [b for b in budgets if not (isinstance(b, (int, np.integer)) and 1 <= b < n_transit)]
     if bad or not budgets:
         raise ValueError(f"budgets must be transitions kept in 1..{n_transit - 1} (n_transit {n_transit}), "
@@ -306,7 +306,7 @@ def training_free_study(run_dir: str | Path, compressors: Sequence[str] | None =
     if unknown:
         raise ValueError(f"unknown compressors {unknown}; known: {', '.join(compress.COMPRESSORS)}")
     names = [c for c in names if c not in BASELINES]
-    budgets = _check_budgets(budgets, n)
+    budgets = check_budgets(budgets, n)
     episodes = episodes or cfg.eval.episodes
     reduced = REDUCED if reduced is None else reduced
     _, tasks = envs.task_split(cfg.env.name, cfg.env.split_seed, cfg.env.train_ratio)
@@ -368,8 +368,7 @@ def markdown_summary(df: pd.DataFrame) -> str:
 
 def write_outputs(df: pd.DataFrame, out_dir: str | Path) -> tuple[Path, Path]:
     """Write the markdown summary and the return-vs-budget figure into ``out_dir``."""
-    import matplotlib.pyplot as plt
-
+    from adkit.plots import save_png
     from adkit.study_plots import plot_return_vs_budget
 
     out_dir = Path(out_dir)
@@ -378,9 +377,4 @@ def write_outputs(df: pd.DataFrame, out_dir: str | Path) -> tuple[Path, Path]:
                    "Share: return / full-context return on the same tasks and episodes (mean ± std over seeds). "
                    "Peak MB: net tensor allocations during one decision (torch.profiler), plus the key/value "
                    "cache for `none`.\n")
-    fig = plot_return_vs_budget(df)
-    png = out_dir / FIGURE
-    with atomic_path(png) as tmp:
-        fig.savefig(tmp, dpi=120, bbox_inches="tight", format="png")
-    plt.close(fig)
-    return md, png
+    return md, save_png(plot_return_vs_budget(df), out_dir / FIGURE)
