@@ -105,7 +105,8 @@ def cmd_evaluate(args) -> int:
     print(f"wrote {out} and {out.with_suffix('.png')}")
     print(f"first episode {s['first_episode']:.2f}, last 10 episodes {s['last_mean']:.2f} "
           f"of optimal {s['optimal_mean']:.2f} ({100 * s['last_share']:.0f}%), "
-          f"80% of optimal reached at episode {s['episodes_to_80pct']}")
+          f"80% of optimal reached at episode {s['episodes_to_80pct']}; first reward at episode "
+          f"{s['first_reward_median']:.1f} (median over tasks x seeds), never for {100 * s['never_rewarded']:.0f}%")
     return 0
 
 

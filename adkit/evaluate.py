@@ -143,12 +143,18 @@ def rollout(model, env_name: str, tasks, seeds=(0, 1, 2), episodes: int = 50, gr
 
 
 def summary(res: RolloutResult, last: int = 10) -> dict:
-    """Headline numbers: first-episode and last-``last``-episode return, absolute and as share of optimal."""
+    """Headline numbers: first-episode and last-``last``-episode return, absolute and as share of
+    optimal; the episode where the mean curve reaches 80% of optimal; and how fast each (task, seed)
+    first finds reward: the median first rewarded episode and the share never rewarded."""
     per_task_opt = res.optimal[:, None, None]
     share = res.returns / per_task_opt  # (n_tasks, n_seeds, n_episodes)
     curve = res.returns.mean((0, 1))
     reach = np.flatnonzero(share.mean((0, 1)) >= 0.8)
+    rewarded = res.returns > 0  # (n_tasks, n_seeds, n_episodes)
+    n_episodes = res.returns.shape[-1]
+    first = np.where(rewarded.any(-1), rewarded.argmax(-1) + 1, n_episodes + 1)  # (n_tasks, n_seeds); never: n + 1
     return {"first_episode": float(curve[0]), "last_mean": float(res.returns[..., -last:].mean()),
             "optimal_mean": float(res.optimal.mean()), "first_share": float(share[..., 0].mean()),
             "last_share": float(share[..., -last:].mean()),
-            "episodes_to_80pct": int(reach[0]) + 1 if len(reach) else None}
+            "episodes_to_80pct": int(reach[0]) + 1 if len(reach) else None,
+            "first_reward_median": float(np.median(first)), "never_rewarded": float((first > n_episodes).mean())}

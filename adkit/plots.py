@@ -18,12 +18,23 @@ def band(ax, x, runs: np.ndarray, label: str, color=None):
     return line
 
 
+def source_bands(ax, source: np.ndarray, name: str = "source", stride: int = 1) -> None:
+    """The source's per-stream curve ``(n_streams, n_episodes)``; with ``stride > 1`` also every
+    ``stride``-th episode of it, which is what AD trained with ``train.episode_stride`` saw."""
+    band(ax, np.arange(1, source.shape[-1] + 1), source, f"{name} (per stream)", color="tab:gray")
+    if stride > 1:
+        thinned = source[:, ::stride]  # (n_streams, n_episodes / stride)
+        band(ax, np.arange(1, thinned.shape[-1] + 1), thinned, f"{name}, one episode in {stride} (AD's data)",
+             color="tab:olive")
+
+
 def plot_curves(res, source: np.ndarray | None = None, random: float | None = None, title: str = "",
-                extra: dict[str, np.ndarray] | None = None, ax=None):
+                extra: dict[str, np.ndarray] | None = None, ax=None, stride: int = 1):
     """Return per episode: AD (mean +- std over seeds of the task-mean), source, random, optimal.
 
     ``source``: (n_streams, n_episodes) the source algorithm's per-stream returns on the same
-    tasks; ``extra``: more labelled (n_runs, n_episodes) curves (e.g. other training seeds).
+    tasks (``stride``: AD's ``train.episode_stride``, see :func:`source_bands`); ``extra``: more
+    labelled (n_runs, n_episodes) curves (e.g. other training seeds).
     """
     fig, ax = (ax.figure, ax) if ax is not None else plt.subplots(figsize=(7, 4))
     episodes = np.arange(1, res.returns.shape[-1] + 1)
@@ -31,7 +42,7 @@ def plot_curves(res, source: np.ndarray | None = None, random: float | None = No
     for label, runs in (extra or {}).items():
         band(ax, np.arange(1, runs.shape[-1] + 1), runs, label)
     if source is not None:
-        band(ax, np.arange(1, source.shape[-1] + 1), source, "source (per stream)", color="tab:gray")
+        source_bands(ax, source, stride=stride)
     if random is not None:
         ax.axhline(random, color="tab:red", ls=":", label=f"random ({random:.2f})")
     ax.axhline(res.optimal.mean(), color="k", ls="--", label=f"optimal ({res.optimal.mean():.2f})")

@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -30,7 +31,7 @@ from tqdm.auto import tqdm
 
 from adkit import envs
 from adkit.compress import Compressor
-from adkit.config import Config, TrainConfig, dump_config
+from adkit.config import Config, TrainConfig, dump_config, load_config
 from adkit.context import build, compress_window
 from adkit.histories import Histories, WindowSampler
 from adkit.io import atomic_path, write_text
@@ -94,8 +95,9 @@ def samplers(cfg: Config, h: Histories, rank: int = 0) -> tuple[WindowSampler, W
     val_streams = np.arange(n_streams - n_val, n_streams) if n_val else train_streams
     L = seq_len(cfg) + 1  # one more transition for the shifted targets
     seed = cfg.train.seed * 1000 + rank
-    return (WindowSampler(h, rows, train_streams, L, seed=seed),
-            WindowSampler(h, rows, val_streams, L, seed=seed + 500))
+    k = cfg.train.episode_stride
+    return (WindowSampler(h, rows, train_streams, L, seed=seed, episode_stride=k),
+            WindowSampler(h, rows, val_streams, L, seed=seed + 500, episode_stride=k))
 
 
 def window_compressor(cfg: Config, scorer=None, **kw) -> Compressor | None:
@@ -115,6 +117,19 @@ def window_compressor(cfg: Config, scorer=None, **kw) -> Compressor | None:
         raise ValueError(f"train.compressor {t.compressor!r} scores transitions by attention: pass scorer= (the "
                          "full-context model whose attention picks what each window keeps)")
     return compressor
+
+
+RESUMABLE_CHANGES = {"profile", "train.steps", "train.threads", "train.val_every"}  # may differ on resume
+
+
+def check_resumable(run_dir: Path, cfg: Config) -> None:
+    """Refuse to resume ``run_dir`` with a config that trains something else than it did."""
+    old, new = (pd.json_normalize(c.to_dict()).iloc[0].to_dict() for c in (load_config(run_dir / "config.yaml"), cfg))
+    changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k) and k not in RESUMABLE_CHANGES)
+    if changed:
+        diff = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed)
+        raise ValueError(f"{run_dir} holds a run trained with another config ({diff}); resume it with its own "
+                         f"config ({run_dir / 'config.yaml'}) or train into a new run directory")
 
 
 class Trainer:
@@ -149,6 +164,8 @@ class Trainer:
         self.opt = make_optimizer(self.model, self.t)
         self.train_sampler, self.val_sampler = samplers(cfg, h, self.rank)
         self.step, self.seconds = 0, 0.0
+        if (self.run_dir / "train_state.json").exists():
+            check_resumable(self.run_dir, cfg)
         if self.rank == 0:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             write_text(self.run_dir / "config.yaml", dump_config(cfg))

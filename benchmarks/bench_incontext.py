@@ -2,6 +2,8 @@
 
     python benchmarks/bench_incontext.py --profile quick [--seeds 0 1 2] [--out benchmarks/results]
     python benchmarks/bench_incontext.py --profile quick --compare-loss --budget 240
+    python benchmarks/bench_incontext.py --profile paper --set train.episode_stride=4 --name paper-k4 \
+        --histories data/paper-darkroom-ppo.h5
 
 Default mode: collect once (timed), then for each training seed train (timed) and
 evaluate on the held-out tasks (timed); prints per-seed and mean +- std of the
@@ -9,6 +11,9 @@ first-episode and last-10-episode returns (absolute and share of optimal), the
 episode at which AD reaches 80% of optimal, and the source's own per-stream curve
 on the same tasks; saves one figure with AD (band over seeds), source, random and
 optimal.
+
+``--set SECTION.FIELD=VALUE`` changes the profile (results go to ``--name``);
+``--histories FILE`` reuses collected histories instead of collecting (no collect time).
 
 ``--compare-loss``: trains the per-position loss and DICP's last-position loss for
 the same wall-clock budget (seconds) and evaluates both the same way.
@@ -18,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -26,15 +32,18 @@ import numpy as np
 
 from adkit import envs
 from adkit.collect import collect
+from adkit.cli import overrides
 from adkit.config import load_config
 from adkit.evaluate import rollout, summary
+from adkit.histories import load as load_histories
 from adkit.model import load
 from adkit.pipeline import random_baseline, source_returns
-from adkit.plots import band
+from adkit.plots import band, source_bands
 from adkit.train import train
 
 
 def run_seed(cfg, h, run_dir: Path, time_budget: float = 0.0) -> dict:
+    shutil.rmtree(run_dir, ignore_errors=True)  # a fresh run: never resume an earlier benchmark's model
     t0 = time.perf_counter()
     train(cfg, h, run_dir, progress=False, time_budget_s=time_budget)
     t_train = time.perf_counter() - t0
@@ -57,13 +66,17 @@ def main() -> None:
     p.add_argument("--out", default="benchmarks/results")
     p.add_argument("--compare-loss", action="store_true")
     p.add_argument("--budget", type=float, default=240.0, help="seconds of training per loss mode")
+    p.add_argument("--set", nargs="+", default=[], metavar="SECTION.FIELD=VALUE", help="change config fields")
+    p.add_argument("--name", help="results folder under --out (default: the profile name)")
+    p.add_argument("--histories", help="reuse this histories file instead of collecting")
     args = p.parse_args()
-    out = Path(args.out) / args.profile
+    out = Path(args.out) / (args.name or args.profile)
     out.mkdir(parents=True, exist_ok=True)
-    cfg = load_config(args.profile)
+    changes = overrides(args.set)
+    cfg = load_config(args.profile, changes)
     t0 = time.perf_counter()
-    h = collect(cfg, progress=False)
-    t_collect = time.perf_counter() - t0
+    h = load_histories(args.histories) if args.histories else collect(cfg, progress=False)
+    t_collect = 0.0 if args.histories else time.perf_counter() - t0
     _, test = envs.task_split(cfg.env.name, cfg.env.split_seed, cfg.env.train_ratio)
     src = source_returns(h, test)  # (streams, episodes)
     print(f"profile {cfg.profile}: collect {t_collect:.1f} s ({cfg.collect.source}); source on held-out tasks: "
@@ -71,7 +84,8 @@ def main() -> None:
     if args.compare_loss:
         results = {}
         for mode in ("all", "last"):
-            c = load_config(args.profile, {"train": {"loss": mode, "steps": 10**6}})
+            c = load_config(args.profile, changes)
+            c.train.loss, c.train.steps = mode, 10**6
             results[mode] = r = run_seed(c, h, out / f"loss-{mode}", time_budget=args.budget)
             print(f"loss={mode:4s} budget {args.budget:.0f} s: last-10 return {r['last_mean']:.2f} "
                   f"({100 * r['last_share']:.0f}% of optimal), first {r['first_episode']:.2f}")
@@ -79,12 +93,14 @@ def main() -> None:
         return
     runs = []
     for seed in args.seeds:
-        c = load_config(args.profile, {"train": {"seed": seed}})
+        c = load_config(args.profile, changes)
+        c.train.seed = seed
         r = run_seed(c, h, out / f"seed{seed}")
         runs.append(r)
         print(f"seed {seed}: train {r['train_s']:.0f} s, eval {r['eval_s']:.1f} s; first episode "
               f"{r['first_episode']:.2f} ({100 * r['first_share']:.0f}%), last 10 {r['last_mean']:.2f} "
-              f"({100 * r['last_share']:.0f}%), 80% reached at episode {r['episodes_to_80pct']}")
+              f"({100 * r['last_share']:.0f}%), 80% reached at episode {r['episodes_to_80pct']}; first reward at "
+              f"episode {r['first_reward_median']:.1f} (median), never {100 * r['never_rewarded']:.0f}%")
     opt = runs[0]["optimal_mean"]
     print(f"mean over {len(runs)} seeds: first episode {fmt([r['first_episode'] for r in runs])}, "
           f"last 10 episodes {fmt([r['last_mean'] for r in runs])} of optimal {opt:.2f} "
@@ -94,7 +110,7 @@ def main() -> None:
     curves = np.array([r["curve"] for r in runs])  # (seeds, episodes)
     x = np.arange(1, curves.shape[1] + 1)
     band(ax, x, curves, f"AD ({len(runs)} training seeds)")
-    band(ax, np.arange(1, src.shape[1] + 1), src, f"source: {cfg.collect.source} (per stream)", color="tab:gray")
+    source_bands(ax, src, f"source: {cfg.collect.source}", cfg.train.episode_stride)
     ax.axhline(random_baseline(cfg, test), color="tab:red", ls=":", label="random")
     ax.axhline(opt, color="k", ls="--", label=f"optimal ({opt:.2f})")
     ax.set(xlabel="episode", ylabel="return", title=f"{cfg.env.name} held-out tasks, profile {cfg.profile}")

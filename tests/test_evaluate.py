@@ -48,3 +48,33 @@ def test_bad_input_fails_with_a_message(model):
         rollout(model, "key-to-door", [(0, 0, 1, 1)], episodes=1, progress=False)
     with pytest.raises(ValueError, match="longer than the 40 transitions"):
         rollout(model, "darkroom", [(0, 0)], episodes=1, context=80, backend="recompute", progress=False)
+
+
+def test_curve_figure_shows_the_thinned_source_ad_was_trained_on(model):
+    import numpy as np
+
+    from adkit.plots import plot_curves
+
+    res = rollout(model, "darkroom", [(0, 0)], seeds=[0], episodes=4, progress=False)
+    source = np.arange(8 * 6, dtype=float).reshape(8, 6)  # (streams, episodes)
+    lines = {l.get_label(): l for l in plot_curves(res, source=source, stride=2).axes[0].lines}
+    thinned = lines["source, one episode in 2 (AD's data)"]
+    np.testing.assert_array_equal(thinned.get_ydata(), source[:, ::2].mean(0))
+    np.testing.assert_array_equal(lines["source (per stream)"].get_ydata(), source.mean(0))
+    assert not any("one episode in" in label for label in
+                   (l.get_label() for l in plot_curves(res, source=source).axes[0].lines))
+
+
+def test_summary_numbers_on_hand_made_returns():
+    import numpy as np
+
+    from adkit.evaluate import RolloutResult
+
+    returns = np.array([[[0, 0, 5, 10], [0, 0, 0, 0]],
+                        [[10, 10, 10, 10], [0, 10, 10, 10]]], dtype=float)  # (tasks, seeds, episodes)
+    res = RolloutResult(returns, [(0, 0), (1, 1)], [0, 1], np.array([10.0, 10.0]), 0.0, 80, None)
+    s = summary(res, last=2)
+    assert s["first_share"] == pytest.approx(0.25) and s["last_share"] == pytest.approx(5.5 / 8)
+    assert s["episodes_to_80pct"] is None  # the mean curve peaks at 75%
+    # first rewarded episodes 3, never (5), 1, 2 -> median 2.5; one of four never rewarded
+    assert s["first_reward_median"] == 2.5 and s["never_rewarded"] == 0.25

@@ -6,7 +6,7 @@ import pytest
 
 from adkit.collect import collect
 from adkit.config import from_dict
-from adkit.histories import HistoriesError, WindowSampler, load, save
+from adkit.histories import HistoriesError, WindowSampler, load, save, stride_episodes
 
 
 @pytest.fixture(scope="module")
@@ -96,6 +96,28 @@ def test_window_sampler_draws_consecutive_transitions_from_chosen_tasks(hist):
         assert matches
     with pytest.raises(ValueError, match="longer than"):
         WindowSampler(hist, rows, [0], seq_len=101)
+
+
+def test_episode_stride_keeps_every_kth_episode_as_its_own_stream(hist):
+    arrays = {name: np.asarray(getattr(hist, name))[:2] for name in ("states", "actions", "rewards", "dones")}
+    out = stride_episodes(arrays, 2)  # 5 episodes of 20 -> 2 phases of 2 episodes (the 5th is dropped)
+    assert out["actions"].shape == (2, 6, 40) and out["states"].shape == (2, 6, 40, 2)
+    episodes = arrays["actions"].reshape(2, 3, 5, 20)
+    for stream in range(3):
+        for phase in range(2):
+            np.testing.assert_array_equal(out["actions"][:, 2 * stream + phase].reshape(2, 2, 20),
+                                          episodes[:, stream, [phase, phase + 2]])
+    assert (out["dones"].sum(-1) == 2).all()
+    assert stride_episodes(arrays, 1) is arrays
+    s = WindowSampler(hist, [0], [0, 1], seq_len=40, episode_stride=2)
+    assert s.sample(8)["actions"].shape == (8, 40)
+    with pytest.raises(ValueError, match="longer than the 40 steps of each stream at episode stride 2"):
+        WindowSampler(hist, [0], [0], seq_len=41, episode_stride=2)
+    with pytest.raises(ValueError, match="larger than the 5 episodes"):
+        stride_episodes(arrays, 6)
+    ragged = dict(arrays, dones=np.roll(arrays["dones"], 1, axis=-1) | arrays["dones"])
+    with pytest.raises(ValueError, match="one fixed length"):
+        stride_episodes(ragged, 2)
 
 
 def test_profiles_extend_and_reject_unknown_keys(tmp_path):

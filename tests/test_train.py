@@ -12,7 +12,7 @@ import torch
 from adkit.config import load_config
 from adkit.histories import save as save_histories
 from adkit.model import load
-from adkit.train import loss_and_accuracy, lr_at, split_batch, train
+from adkit.train import loss_and_accuracy, lr_at, samplers, split_batch, train
 
 
 def test_split_batch_shifts_queries_and_targets():
@@ -60,6 +60,26 @@ def test_resume_continues_exactly(tmp_path, tiny_cfg, tiny_hist):
     a, b = load(whole).state_dict(), load(parts).state_dict()
     for k in a:
         torch.testing.assert_close(a[k], b[k], msg=k)
+
+
+def test_episode_stride_reaches_both_samplers(tiny_hist):
+    cfg = load_config("tiny", {"train": {"episode_stride": 2, "seq_len": 30}})
+    n_tasks, n_streams, n_steps = tiny_hist.shape
+    train_s, val_s = samplers(cfg, tiny_hist)
+    n_val = len(val_s.streams)
+    assert train_s.arrays["actions"].shape[1:] == (2 * (n_streams - n_val), n_steps // 2)
+    assert val_s.arrays["actions"].shape[1:] == (2 * n_val, n_steps // 2)
+
+
+def test_resuming_with_another_config_is_refused(tmp_path, tiny_cfg, tiny_hist):
+    train(tiny_cfg, tiny_hist, tmp_path / "run", progress=False, until=4)
+    other = load_config("tiny", {"train": {"lr": 0.5, "episode_stride": 2, "seq_len": 30}})
+    with pytest.raises(ValueError, match=r"another config \(train.episode_stride: 1 -> 2, train.lr: .* -> 0.5, "
+                                         r"train.seq_len: .* -> 30\); resume it with its own"):
+        train(other, tiny_hist, tmp_path / "run", progress=False)
+    longer = load_config("tiny", {"train": {"steps": tiny_cfg.train.steps + 4}})
+    train(longer, tiny_hist, tmp_path / "run", progress=False, until=6)  # more steps: a resume
+    assert json.loads((tmp_path / "run" / "train_state.json").read_text())["step"] == 6
 
 
 def test_histories_for_another_family_are_refused(tmp_path, tiny_hist):
