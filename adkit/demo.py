@@ -17,6 +17,7 @@ NOTEBOOKS = ("01_train", "02_extract_attention", "03_metrics", "04_compressors",
 # baseline, sink + recent and attention top-K at 20 and 10 of 80 kept, one seed, the run's training steps,
 # two cells at a time. `adkit study --run-dir RUN` runs the full study.
 DEMO_PARAMS = {
+    "01_train": {"more_seeds": [1, 2]},
     "04_compressors": {"episodes": 20, "seeds": 1, "compressors": [
         "recency", "uniform", "attention", "threshold", "adaptive", "exponential", "sink-recent", "h2o", "snapkv",
         "reward-recent", "best-episode", "profile", "random"]},
@@ -58,6 +59,15 @@ def report(run: Path, figs: Path, timings: dict[str, float]) -> Path:
                     f"({first['return'] / first['optimal']:.0%} of optimal), last 10 episodes "
                     f"{last['return']:.2f} of {last['optimal']:.2f} ({last['return'] / last['optimal']:.0%})")
         body += ["## In-context learning on held-out tasks", "", "![in-context return](incontext_returns.png)", ""]
+    seeds = run / "eval" / "seeds.csv"
+    if seeds.exists():
+        table = pd.read_csv(seeds, index_col=0)
+        mean, std = table.loc["mean"], table.loc["std"]
+        head.append(f"over {len(table) - 2} training seeds: first episode {mean['first_share']:.0%} +- "
+                    f"{std['first_share']:.0%} of optimal, last 10 episodes {mean['last_share']:.0%} +- "
+                    f"{std['last_share']:.0%}")
+        shutil.copy(run / "eval" / "returns_seeds.png", figs / "incontext_seeds.png")
+        body += ["![in-context return over training seeds](incontext_seeds.png)", ""]
     insights = run / "attention" / "insights.json"
     if insights.exists():
         data = json.loads(insights.read_text())

@@ -14,7 +14,10 @@ import pandas as pd
 from adkit import envs
 from adkit.collect import collect_to_file, default_path
 from adkit.config import Config, load_config
+from adkit.evaluate import RolloutResult, rollout, summary
 from adkit.histories import Histories, load
+from adkit.model import load as load_model
+from adkit.train import train
 
 
 class MissingStage(FileNotFoundError):
@@ -59,3 +62,23 @@ def source_returns(h: Histories, tasks) -> np.ndarray:
 def random_baseline(cfg: Config, tasks) -> float:
     """Mean return of the uniform-random policy over ``tasks`` (exact)."""
     return float(np.mean([envs.random_return(cfg.env.name, t) for t in tasks]))
+
+
+def train_and_evaluate(cfg: Config, h: Histories, run_dir: str | Path, progress: bool = True,
+                       **train_kw) -> RolloutResult:
+    """Train (or resume) ``run_dir``, then let it learn in context on the held-out tasks with
+    ``cfg.eval``; writes ``run_dir/eval/returns.csv``. ``train_kw`` go to :func:`adkit.train.train`."""
+    run_dir = Path(run_dir)
+    train(cfg, h, run_dir, progress=progress, **train_kw)
+    _, test = envs.task_split(cfg.env.name, cfg.env.split_seed, cfg.env.train_ratio)
+    res = rollout(load_model(run_dir), cfg.env.name, test, seeds=range(cfg.eval.seeds), episodes=cfg.eval.episodes,
+                  greedy=cfg.eval.greedy, progress=progress)
+    res.write_csv(run_dir / "eval" / "returns.csv")
+    return res
+
+
+def seed_table(results: dict[int, RolloutResult]) -> pd.DataFrame:
+    """One row of :func:`adkit.evaluate.summary` per training seed, plus a ``mean`` and a ``std`` row."""
+    table = pd.DataFrame([{"seed": seed, **summary(res)} for seed, res in results.items()]).set_index("seed")
+    numbers = table.astype(float)
+    return pd.concat([table, numbers.mean().to_frame("mean").T, numbers.std(ddof=0).to_frame("std").T])

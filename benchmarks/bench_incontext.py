@@ -34,24 +34,18 @@ from adkit import envs
 from adkit.collect import collect
 from adkit.cli import overrides
 from adkit.config import load_config
-from adkit.evaluate import rollout, summary
+from adkit.evaluate import summary
 from adkit.histories import load as load_histories
-from adkit.model import load
-from adkit.pipeline import random_baseline, source_returns
+from adkit.pipeline import random_baseline, source_returns, train_and_evaluate
 from adkit.plots import band, source_bands
-from adkit.train import train
 
 
 def run_seed(cfg, h, run_dir: Path, time_budget: float = 0.0) -> dict:
     shutil.rmtree(run_dir, ignore_errors=True)  # a fresh run: never resume an earlier benchmark's model
     t0 = time.perf_counter()
-    train(cfg, h, run_dir, progress=False, time_budget_s=time_budget)
-    t_train = time.perf_counter() - t0
-    _, test = envs.task_split(cfg.env.name, cfg.env.split_seed, cfg.env.train_ratio)
-    res = rollout(load(run_dir), cfg.env.name, test, seeds=range(cfg.eval.seeds), episodes=cfg.eval.episodes,
-                  progress=False)
-    res.write_csv(run_dir / "eval" / "returns.csv")
-    return {"train_s": t_train, "eval_s": res.seconds, "curve": res.returns.mean((0, 1)).tolist(), **summary(res)}
+    res = train_and_evaluate(cfg, h, run_dir, progress=False, time_budget_s=time_budget)
+    return {"train_s": time.perf_counter() - t0 - res.seconds, "eval_s": res.seconds,
+            "curve": res.returns.mean((0, 1)).tolist(), **summary(res)}
 
 
 def fmt(values) -> str:

@@ -5,12 +5,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import papermill as pm
 import pytest
 
 NB_DIR = Path(__file__).resolve().parent.parent / "notebooks"
 SANITIZE = Path(__file__).resolve().parent / "nbval_sanitize.cfg"
 NAMES = ["01_train", "02_extract_attention", "03_metrics", "04_compressors", "05_retrain_eval"]
+PARAMS = {"01_train": {"more_seeds": [1]}}  # beyond profile and run directory
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -31,7 +33,8 @@ def executed(tmp_path_factory):
     out = {}
     for name in NAMES:
         out[name] = pm.execute_notebook(str(NB_DIR / f"{name}.ipynb"), str(work / f"{name}.ipynb"),
-                                        parameters={"profile": "tiny", "run_dir": str(work / "run")},
+                                        parameters={"profile": "tiny", "run_dir": str(work / "run"),
+                                                    **PARAMS.get(name, {})},
                                         cwd=str(work), kernel_name="python3", execution_timeout=600,
                                         progress_bar=False)
     return work, out
@@ -45,7 +48,10 @@ def test_notebooks_run_headless_on_tiny(executed):
     text = "".join(o.get("text", "") for c in out["01_train"]["cells"] for o in c.get("outputs", []))
     assert "of optimal" in text
     figures = [o for c in out["01_train"]["cells"] for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
-    assert len(figures) >= 3  # source curves, loss curves, in-context curve
+    assert len(figures) >= 4  # source curves, loss curves, in-context curve, the same over training seeds
+    seeds = pd.read_csv(work / "run" / "eval" / "seeds.csv", index_col=0)
+    assert list(seeds.index) == ["0", "1", "mean", "std"]
+    assert seeds.loc["mean", "last_share"] == pytest.approx(seeds.loc[["0", "1"], "last_share"].mean())
 
 
 @pytest.mark.slow
@@ -76,5 +82,7 @@ def test_report_is_one_page_linking_existing_figures(executed, tmp_path):
         assert heading in text
     assert "- in context on held-out tasks: first episode" in text and "best retrained" in text
     links = re.findall(r"\]\(([^)]+)\)", text)
-    assert {"incontext_returns.png", "pareto.png", "attention_compressed.png", "results.md"} <= set(links)
+    assert "- over 2 training seeds: first episode" in text
+    assert {"incontext_returns.png", "incontext_seeds.png", "pareto.png", "attention_compressed.png",
+            "results.md"} <= set(links)
     assert all((path.parent / link).exists() for link in links)
