@@ -86,7 +86,7 @@ class TrainConfig:
     batch_size: int = 64  # sequences per step (per process under torchrun)
     seq_len: int = 0  # transitions per training sequence; 0 means 2 * n_transit
     loss: str = "all"  # "all": an action target at every position; "last": last position only (DICP)
-    episode_stride: int = 1  # train on every k-th episode of each stream (k phases): AD then learns faster than its source
+    episode_stride: int = 1  # train on one episode in k of each stream (k phases): AD learns faster than its source
     lr: float = 1e-3  # peak AdamW learning rate
     weight_decay: float = 0.01  # AdamW weight decay (matrices only)
     betas: tuple[float, float] = (0.9, 0.99)  # AdamW betas

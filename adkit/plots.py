@@ -29,16 +29,19 @@ def source_bands(ax, source: np.ndarray, name: str = "source", stride: int = 1) 
 
 
 def plot_curves(res, source: np.ndarray | None = None, random: float | None = None, title: str = "",
-                extra: dict[str, np.ndarray] | None = None, ax=None, stride: int = 1):
+                extra: dict[str, np.ndarray] | None = None, ax=None, stride: int = 1,
+                label: str | None = "AD (in context)"):
     """Return per episode: AD (mean +- std over seeds of the task-mean), source, random, optimal.
 
     ``source``: (n_streams, n_episodes) the source algorithm's per-stream returns on the same
     tasks (``stride``: AD's ``train.episode_stride``, see :func:`source_bands`); ``extra``: more
-    labelled (n_runs, n_episodes) curves (e.g. other training seeds).
+    labelled (n_runs, n_episodes) curves (e.g. other training seeds); ``label=None`` leaves out
+    the curve of ``res`` itself (its optimum is still drawn).
     """
     fig, ax = (ax.figure, ax) if ax is not None else plt.subplots(figsize=(7, 4))
-    episodes = np.arange(1, res.returns.shape[-1] + 1)
-    band(ax, episodes, res.returns.mean(0), "AD (in context)")  # (n_seeds, n_episodes)
+    if label is not None:
+        episodes = np.arange(1, res.returns.shape[-1] + 1)
+        band(ax, episodes, res.returns.mean(0), label)  # (n_seeds, n_episodes)
     for label, runs in (extra or {}).items():
         band(ax, np.arange(1, runs.shape[-1] + 1), runs, label)
     if source is not None:

@@ -119,13 +119,15 @@ def window_compressor(cfg: Config, scorer=None, **kw) -> Compressor | None:
     return compressor
 
 
-RESUMABLE_CHANGES = {"profile", "train.steps", "train.threads", "train.val_every"}  # may differ on resume
+# Config keys (prefixes) that may differ when a run is resumed: they do not change what is trained.
+RESUMABLE_CHANGES = ("profile", "eval.", "train.steps", "train.threads", "train.val_every")
 
 
 def check_resumable(run_dir: Path, cfg: Config) -> None:
     """Refuse to resume ``run_dir`` with a config that trains something else than it did."""
     old, new = (pd.json_normalize(c.to_dict()).iloc[0].to_dict() for c in (load_config(run_dir / "config.yaml"), cfg))
-    changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k) and k not in RESUMABLE_CHANGES)
+    changed = sorted(k for k in old.keys() | new.keys()
+                     if old.get(k) != new.get(k) and not k.startswith(RESUMABLE_CHANGES))
     if changed:
         diff = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed)
         raise ValueError(f"{run_dir} holds a run trained with another config ({diff}); resume it with its own "

@@ -63,6 +63,8 @@ def test_curve_figure_shows_the_thinned_source_ad_was_trained_on(model):
     np.testing.assert_array_equal(lines["source (per stream)"].get_ydata(), source.mean(0))
     assert not any("one episode in" in label for label in
                    (l.get_label() for l in plot_curves(res, source=source).axes[0].lines))
+    seeds_only = plot_curves(res, extra={"AD, 2 training seeds": source[:2]}, label=None).axes[0].lines
+    assert [l.get_label() for l in seeds_only][:1] == ["AD, 2 training seeds"]
 
 
 def test_summary_numbers_on_hand_made_returns():

@@ -77,8 +77,8 @@ def test_resuming_with_another_config_is_refused(tmp_path, tiny_cfg, tiny_hist):
     with pytest.raises(ValueError, match=r"another config \(train.episode_stride: 1 -> 2, train.lr: .* -> 0.5, "
                                          r"train.seq_len: .* -> 30\); resume it with its own"):
         train(other, tiny_hist, tmp_path / "run", progress=False)
-    longer = load_config("tiny", {"train": {"steps": tiny_cfg.train.steps + 4}})
-    train(longer, tiny_hist, tmp_path / "run", progress=False, until=6)  # more steps: a resume
+    longer = load_config("tiny", {"train": {"steps": tiny_cfg.train.steps + 4}, "eval": {"seeds": 7}})
+    train(longer, tiny_hist, tmp_path / "run", progress=False, until=6)  # more steps, other evaluation: a resume
     assert json.loads((tmp_path / "run" / "train_state.json").read_text())["step"] == 6
 
 
