@@ -64,17 +64,22 @@ def random_baseline(cfg: Config, tasks) -> float:
     return float(np.mean([envs.random_return(cfg.env.name, t) for t in tasks]))
 
 
-def train_and_evaluate(cfg: Config, h: Histories, run_dir: str | Path, progress: bool = True,
-                       **train_kw) -> RolloutResult:
-    """Train (or resume) ``run_dir``, then let it learn in context on the held-out tasks with
-    ``cfg.eval``; writes ``run_dir/eval/returns.csv``. ``train_kw`` go to :func:`adkit.train.train`."""
+def evaluate_run(cfg: Config, run_dir: str | Path, progress: bool = True) -> RolloutResult:
+    """Let the model of ``run_dir`` learn in context on the held-out tasks with ``cfg.eval``;
+    writes ``run_dir/eval/returns.csv``."""
     run_dir = Path(run_dir)
-    train(cfg, h, run_dir, progress=progress, **train_kw)
     _, test = envs.task_split(cfg.env.name, cfg.env.split_seed, cfg.env.train_ratio)
     res = rollout(load_model(run_dir), cfg.env.name, test, seeds=range(cfg.eval.seeds), episodes=cfg.eval.episodes,
                   greedy=cfg.eval.greedy, progress=progress)
     res.write_csv(run_dir / "eval" / "returns.csv")
     return res
+
+
+def train_and_evaluate(cfg: Config, h: Histories, run_dir: str | Path, progress: bool = True,
+                       **train_kw) -> RolloutResult:
+    """Train (or resume) ``run_dir``, then :func:`evaluate_run`. ``train_kw`` go to :func:`adkit.train.train`."""
+    train(cfg, h, run_dir, progress=progress, **train_kw)
+    return evaluate_run(cfg, run_dir, progress)
 
 
 def seed_table(results: dict[int, RolloutResult]) -> pd.DataFrame:
