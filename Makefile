@@ -6,7 +6,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.adkit-installed
-PROFILE ?= quick
+PROFILE ?= demo
 RUN ?= runs/$(PROFILE)
 
 .PHONY: demo test install clean-runs

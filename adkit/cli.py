@@ -4,10 +4,15 @@
     adkit collect -c CONFIG [-o FILE]     learning histories of the source algorithm
     adkit train -c CONFIG --run-dir DIR   checkpoint, resolved config, training log
     adkit evaluate --run-dir DIR          in-context returns on the held-out tasks (CSV + figure)
+    adkit attention --run-dir DIR         attention file, insight report, figures (RUN/attention, RUN/figs)
     adkit study --run-dir DIR             compression study, retrained and training-free (RUN/study)
     adkit compress --demo                 what each compressor keeps, on dummy data
-    adkit attention --run-dir DIR         attention file, insight report, figures (RUN/attention, RUN/figs)
-    adkit demo [--profile quick]          the five notebooks headless, then figs/REPORT.md
+    adkit demo [--profile demo]           the five notebooks headless, then figs/REPORT.md
+
+Every subcommand takes ``--set SECTION.FIELD=VALUE ...``: on a profile (collect, train,
+doctor, demo) or on the config saved in a run directory (evaluate, attention, study).
+Relative paths resolve against the project (``$ADKIT_HOME`` or the directory holding
+``config/profiles``). Stage modules are imported per subcommand, so ``adkit --help`` is quick.
 """
 
 from __future__ import annotations
@@ -17,87 +22,69 @@ import sys
 from pathlib import Path
 
 
-def overrides(pairs: list[str] | None) -> dict:
-    """``["train.budget=20", "train.compressor=recency"]`` -> nested config overrides
-    (values read as YAML scalars: numbers, booleans, strings)."""
-    import yaml
+def _profile_run(args):
+    """The run of a profile subcommand (collect, train): the profile with ``--set`` applied."""
+    from adkit.config import load_config, parse_overrides
+    from adkit.run import Run
 
-    out: dict = {}
-    for pair in pairs or []:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise ValueError(f"--set takes SECTION.FIELD=VALUE, got {pair!r}")
-        *path, last = key.split(".")
-        node = out
-        for part in path:
-            node = node.setdefault(part, {})
-        node[last] = yaml.safe_load(value)
-    return out
+    return Run.create(load_config(args.config, parse_overrides(args.set)), getattr(args, "run_dir", None))
 
 
-def _config(args):
-    from adkit.config import load_config
+def _saved_run(args, **more: object):
+    """The run trained in ``--run-dir``, its saved config with ``--set`` (and ``more`` fields) applied."""
+    from adkit.config import load_config, merge, parse_overrides
+    from adkit.run import Run
 
-    return load_config(args.config, overrides(getattr(args, "set", None)))
+    saved = Run.open(args.run_dir)
+    overrides = parse_overrides(args.set)
+    merge(overrides, {section: {k: v for k, v in fields.items() if v is not None} for section, fields in more.items()})
+    return saved.with_config(load_config(saved.config_file, overrides))
 
 
 def cmd_collect(args) -> int:
-    from adkit.collect import collect_to_file
+    from adkit.data.collect import collect_to_file
 
-    cfg = _config(args)
-    path, seconds = collect_to_file(cfg, args.out)
-    print(f"wrote {path} ({cfg.collect.source}, {seconds:.1f} s)")
+    run = _profile_run(args)
+    path, seconds = collect_to_file(run.cfg, Path(args.out) if args.out else run.histories)
+    print(f"wrote {path} ({run.cfg.collect.source}, {seconds:.1f} s)")
     return 0
-
-
-def histories_for(cfg, path: str | None):
-    """Load the histories named on the command line, or the profile's default file."""
-    from adkit.collect import default_path
-    from adkit.histories import load
-    from adkit.pipeline import require
-
-    path = Path(path) if path else default_path(cfg)
-    return load(require(path, f"`adkit collect -c {cfg.profile} -o {path}` (notebook 01_train)"))
 
 
 def cmd_train(args) -> int:
-    from adkit.train import train
+    from adkit.data.histories import load
+    from adkit.model.checkpoint import load as load_model
+    from adkit.model.train import train
+    from adkit.run import require
 
-    cfg = _config(args)
-    h = histories_for(cfg, args.histories)
-    scorer = None
-    if args.scorer:
-        from adkit.model import load
-
-        scorer = load(args.scorer)
-    run = train(cfg, h, args.run_dir, time_budget_s=args.time_budget, scorer=scorer)
-    print(f"trained {run} (log: {run / 'train_log.csv'})")
+    run = _profile_run(args)
+    hist = Path(args.histories) if args.histories else run.histories
+    h = load(require(hist, f"`adkit collect -c {run.cfg.profile} -o {hist}` (notebook 01_train)"))
+    scorer = load_model(args.scorer) if args.scorer else None
+    train(run, h, time_budget_s=args.time_budget, scorer=scorer)
+    print(f"trained {run.dir} (log: {run.train_log})")
     return 0
 
 
-
-
 def cmd_evaluate(args) -> int:
-    from adkit import envs
-    from adkit.evaluate import rollout, summary
-    from adkit.model import load
-    from adkit.pipeline import run_config
+    from adkit.compress.context import build
+    from adkit.model.checkpoint import load
+    from adkit.model.evaluate import rollout, summary
     from adkit.plots import plot_curves, save_png
 
-    cfg = run_config(args.run_dir)
-    model = load(args.run_dir)
-    train_tasks, test_tasks = envs.task_split(cfg.env.name, cfg.env.split_seed, cfg.env.train_ratio)
-    tasks = {"test": test_tasks, "train": train_tasks, "all": train_tasks + test_tasks}[args.tasks]
+    run = _saved_run(args, eval={"episodes": args.episodes, "seeds": args.seeds, "batch_tasks": args.tasks,
+                                 "greedy": args.greedy or None})
+    cfg = run.cfg
+    model = load(run.weights)
+    tasks = {"test": run.test_tasks, "train": run.train_tasks, "all": run.train_tasks + run.test_tasks}[
+        cfg.eval.batch_tasks]
     compressor = None
     if args.compressor:
-        from adkit.context import build
-
         if args.budget is None:
             raise ValueError("--compressor needs --budget (transitions kept)")
         compressor = build(args.compressor, args.budget, model, cfg.env.name)
-    res = rollout(model, cfg.env.name, tasks, seeds=range(args.seeds or cfg.eval.seeds),
-                  episodes=args.episodes or cfg.eval.episodes, greedy=args.greedy, compressor=compressor)
-    out = Path(args.out) if args.out else Path(args.run_dir) / "eval" / "returns.csv"
+    res = rollout(model, cfg.env.name, tasks, seeds=range(cfg.eval.seeds), episodes=cfg.eval.episodes,
+                  greedy=cfg.eval.greedy, compressor=compressor)
+    out = Path(args.out) if args.out else run.returns
     res.write_csv(out)
     fig = plot_curves(res, title=f"{cfg.env.name}: in-context return on {len(tasks)} tasks")
     save_png(fig, out.with_suffix(".png"))
@@ -111,29 +98,28 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_study(args) -> int:
-    if args.mode == "training-free":
-        from adkit.study import markdown_summary, training_free_study, write_outputs
+    from adkit.study import retrained, training_free
 
-        df = training_free_study(args.run_dir, compressors=args.compressors, budgets=args.budgets or [40, 20, 10, 5],
-                                 seeds=range(args.seeds), episodes=args.episodes)
-        md, png = write_outputs(df, Path(args.run_dir) / "study")
-        print(markdown_summary(df))
+    run = _saved_run(args, study={"seeds": args.seeds, "episodes": args.episodes, "steps": args.steps,
+                                  "workers": args.workers})
+    if args.mode == "training-free":
+        df = training_free.training_free_study(run, args.compressors, args.budgets)
+        md, png = training_free.write_outputs(df, run.study)
+        print(training_free.markdown_summary(df))
         print(f"wrote {md} and {png}")
         return 0
-    from adkit.retrain import compression_study, headline, markdown_summary
-
-    df = compression_study(args.run_dir, compressors=args.compressors, budgets=args.budgets or [40, 20, 10],
-                           seeds=range(args.seeds), steps=args.steps, episodes=args.episodes, workers=args.workers)
-    print(markdown_summary(df))
-    print("\n".join(headline(df, args.run_dir)))
-    print(f"wrote {Path(args.run_dir) / 'study' / 'results.csv'}, results.md and figures")
+    df = retrained.compression_study(run, args.compressors, args.budgets)
+    print(retrained.markdown_summary(df))
+    print("\n".join(retrained.headline(df, run)))
+    print(f"wrote {run.study / retrained.RESULTS}, results.md and figures")
     return 0
 
 
 def cmd_doctor(args) -> int:
+    from adkit.config import parse_overrides
     from adkit.doctor import doctor
 
-    return doctor(args.config, args.run_dir)
+    return doctor(args.config, args.run_dir, parse_overrides(args.set))
 
 
 def cmd_compress(args) -> int:
@@ -146,18 +132,20 @@ def cmd_compress(args) -> int:
 
 
 def cmd_attention(args) -> int:
-    from adkit.attention import attention_path, extract_run
-    from adkit.attention_plots import save_figures
-    from adkit.insights import analyze_run
+    from adkit.analysis.attention import extract_run
+    from adkit.analysis.figures import save_figures
+    from adkit.analysis.insights import analyze_run
 
-    extract_run(args.run_dir, source=args.source, samples=args.samples, seed=args.seed)
-    insights = analyze_run(args.run_dir, source=args.source, seed=args.seed)
+    run = _saved_run(args, attention={"windows": args.samples if args.source == "windows" else None,
+                                      "trajectories": args.samples if args.source == "rollout" else None,
+                                      "seed": args.seed})
+    extract_run(run, source=args.source)
+    insights = analyze_run(run, source=args.source)
     print(insights.report)
     print(insights.ablation.verdict)
-    figs = Path(args.figs) if args.figs else Path(args.run_dir) / "figs"
-    paths = save_figures(insights.record, figs, insights.ablation)
-    out = attention_path(args.run_dir)
-    print(f"wrote {out}, {out.parent / 'insights.md'}, {out.parent / 'insights.json'} "
+    figs = Path(args.figs) if args.figs else run.figs
+    paths = save_figures(insights.record, figs, insights.ablation, samples=run.cfg.attention.figure_samples)
+    print(f"wrote {run.attention}, {run.insights.with_suffix('.md')}, {run.insights} "
           f"and {len(paths)} figures under {figs / 'attention'}")
     return 0
 
@@ -165,79 +153,75 @@ def cmd_attention(args) -> int:
 def cmd_demo(args) -> int:
     from adkit.demo import run_demo
 
-    return run_demo(args.profile, args.run_dir)
+    return run_demo(args.profile, args.run_dir, args.set)
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="adkit", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
 
-    s = sub.add_parser("doctor", help="check packages, histories and checkpoint; say what to run next")
+    def command(name: str, help: str, fn) -> argparse.ArgumentParser:
+        s = sub.add_parser(name, help=help)
+        s.add_argument("--set", nargs="+", default=[], metavar="SECTION.FIELD=VALUE",
+                       help="change config fields, e.g. compress.strategy=uniform compress.budget=20")
+        s.set_defaults(fn=fn)
+        return s
+
+    s = command("doctor", "check packages, histories and checkpoint; say what to run next", cmd_doctor)
     s.add_argument("-c", "--config", default="quick", help="profile name or YAML (default: quick)")
     s.add_argument("--run-dir", default=None, help="run directory to check (default: runs/PROFILE)")
-    s.set_defaults(fn=cmd_doctor)
 
-    s = sub.add_parser("collect", help="write learning histories")
-    s.add_argument("-c", "--config", required=True, help="profile name (tiny, quick, paper) or YAML path")
+    s = command("collect", "write learning histories", cmd_collect)
+    s.add_argument("-c", "--config", required=True, help="profile name (tiny, quick, paper, ...) or YAML path")
     s.add_argument("-o", "--out", default=None, help="histories file (default: data/PROFILE-ENV-SOURCE.h5)")
-    s.add_argument("--set", nargs="+", metavar="SECTION.FIELD=VALUE", help="change config fields")
-    s.set_defaults(fn=cmd_collect)
 
-    s = sub.add_parser("train", help="train the AD transformer")
+    s = command("train", "train the AD transformer", cmd_train)
     s.add_argument("-c", "--config", required=True, help="profile name or YAML path")
     s.add_argument("--run-dir", required=True, help="where the checkpoint and logs go (resumes if present)")
     s.add_argument("--histories", default=None, help="histories file (default: the profile's)")
     s.add_argument("--time-budget", type=float, default=0.0, help="stop after this many seconds (0: none)")
-    s.add_argument("--set", nargs="+", metavar="SECTION.FIELD=VALUE",
-                   help="change config fields, e.g. train.compressor=uniform train.budget=20")
     s.add_argument("--scorer", default=None,
                    help="run directory of the full-context model that attention-scored compressors score with")
-    s.set_defaults(fn=cmd_train)
 
-    s = sub.add_parser("evaluate", help="in-context returns on held-out tasks")
+    s = command("evaluate", "in-context returns on held-out tasks", cmd_evaluate)
     s.add_argument("--run-dir", required=True)
-    s.add_argument("--episodes", type=int, default=None, help="episodes per stream (default: config, 50)")
-    s.add_argument("--seeds", type=int, default=None, help="evaluation seeds per task (default: config)")
-    s.add_argument("--tasks", choices=["test", "train", "all"], default="test")
+    s.add_argument("--episodes", type=int, default=None, help="episodes per stream (default: eval.episodes)")
+    s.add_argument("--seeds", type=int, default=None, help="evaluation seeds per task (default: eval.seeds)")
+    s.add_argument("--tasks", choices=["test", "train", "all"], default=None, help="default: eval.batch_tasks")
     s.add_argument("--greedy", action="store_true", help="argmax actions instead of sampling")
     s.add_argument("--compressor", default=None, help="compress the context with this strategy")
     s.add_argument("--budget", type=int, default=None, help="transitions kept by the compressor")
     s.add_argument("--out", default=None, help="CSV path (default: RUN/eval/returns.csv)")
-    s.set_defaults(fn=cmd_evaluate)
 
-    s = sub.add_parser("study", help="compression study (resumable): RUN/study/")
+    s = command("study", "compression study (resumable): RUN/study/", cmd_study)
     s.add_argument("--run-dir", required=True)
     s.add_argument("--mode", choices=["both", "training-free"], default="both",
                    help="both: retrain with each compressor and compare with training-free (results.csv); "
                         "training-free: only the unchanged model, every strategy (training_free.csv)")
     s.add_argument("--compressors", nargs="+", default=None,
-                   help="registry names (default: the original six + random + sink-recent; training-free: all)")
+                   help="registry names (default: study.retrain_compressors; training-free: study.compressors)")
     s.add_argument("--budgets", type=int, nargs="+", default=None,
-                   help="transitions kept (default: 40 20 10; training-free: 40 20 10 5)")
-    s.add_argument("--seeds", type=int, default=3, help="seeds: training seeds and evaluation seeds")
-    s.add_argument("--episodes", type=int, default=None, help="episodes per rollout (default: config)")
-    s.add_argument("--steps", type=int, default=None, help="training steps per retrained model (default: the run's)")
-    s.add_argument("--workers", type=int, default=1, help="retrained cells run in parallel processes")
-    s.set_defaults(fn=cmd_study)
+                   help="transitions kept (default: study.retrain_budgets / study.budgets, fractions of n_transit)")
+    s.add_argument("--seeds", type=int, default=None, help="training and evaluation seeds (default: study.seeds)")
+    s.add_argument("--episodes", type=int, default=None, help="episodes per rollout (default: study.episodes)")
+    s.add_argument("--steps", type=int, default=None, help="training steps per retrained model (default: study.steps)")
+    s.add_argument("--workers", type=int, default=None, help="retrained cells at once (default: study.workers)")
 
-    s = sub.add_parser("compress", help="compressor demo on dummy data")
+    s = command("compress", "compressor demo on dummy data", cmd_compress)
     s.add_argument("--demo", action="store_true")
-    s.set_defaults(fn=cmd_compress)
 
-    s = sub.add_parser("attention", help="extract attention, print the insight report, save figures")
+    s = command("attention", "extract attention, print the insight report, save figures", cmd_attention)
     s.add_argument("--run-dir", required=True)
     s.add_argument("--source", choices=["windows", "rollout"], default="windows",
                    help="contexts: windows of the train histories, or rollouts on held-out tasks")
     s.add_argument("--samples", type=int, default=None,
-                   help="windows (default 256), or rollout trajectories (default all)")
-    s.add_argument("--seed", type=int, default=0)
+                   help="windows (default attention.windows), or rollout trajectories (attention.trajectories)")
+    s.add_argument("--seed", type=int, default=None, help="default: attention.seed")
     s.add_argument("--figs", default=None, help="figure root (default: RUN/figs); figures go to FIGS/attention/")
-    s.set_defaults(fn=cmd_attention)
 
-    s = sub.add_parser("demo", help="run the five notebooks headless and write figs/REPORT.md")
-    s.add_argument("--profile", default="quick")
+    s = command("demo", "run the five notebooks headless and write figs/REPORT.md", cmd_demo)
+    s.add_argument("--profile", default="demo")
     s.add_argument("--run-dir", default=None)
-    s.set_defaults(fn=cmd_demo)
     return p
 
 

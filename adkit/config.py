@@ -16,8 +16,6 @@ from pathlib import Path
 
 import yaml
 
-from adkit.model import ModelConfig
-
 PROFILE_DIR = Path(__file__).resolve().parent.parent / "config" / "profiles"
 
 
@@ -99,9 +97,31 @@ class TrainConfig:
     val_streams: float = 0.05  # share of each train task's streams kept for validation
     seed: int = 0  # seed of initialisation and batch sampling
     threads: int = 0  # torch threads; 0 keeps torch's default
-    compressor: str = "none"  # retrain on compressed windows: an adkit.compress strategy ("none": full windows)
-    budget: int = 0  # earlier transitions each compressed window keeps (1 .. n_transit - 1, with a compressor)
-    compressed_batch: int = 0  # windows per step with a compressor; 0: batch_size (each gives budget + 1 targets)
+    extra_seeds: list[int] = field(default_factory=list)  # more training seeds (notebook 01: <run>/seeds/seedS)
+
+
+@dataclass
+class ModelConfig:
+    """The AD transformer's architecture (see :mod:`adkit.model`)."""
+
+    n_transit: int = 80  # transitions a decision attends to per layer (sliding attention window)
+    tf_n_embd: int = 32  # residual width
+    tf_n_layer: int = 4  # transformer blocks
+    tf_n_head: int = 4  # attention heads per block
+    tf_n_inner: int = 128  # MLP hidden width
+    tf_dropout: float = 0.1  # dropout on embeddings, residual branches and the MLP
+    tf_attn_dropout: float = 0.1  # dropout on attention weights
+    rope_base: float = 10000.0  # RoPE frequency base
+
+
+@dataclass
+class CompressConfig:
+    """Training on compressed windows, and how a compressed context is numbered (:mod:`adkit.compress`)."""
+
+    strategy: str = "none"  # retrain on windows compressed by this adkit.compress strategy ("none": full windows)
+    budget: int = 0  # earlier transitions each compressed window keeps (1 .. n_transit - 1, with a strategy)
+    batch: int = 0  # compressed windows per training step; 0: train.batch_size (each gives budget + 1 targets)
+    positions: str = "original"  # positions of a compressed context: "original" offsets or "renumber" 0..K
 
 
 @dataclass
@@ -113,12 +133,51 @@ class EvalConfig:
 
 
 @dataclass
+class AttentionConfig:
+    """The attention stage (``adkit attention``, notebooks 02 and 03)."""
+
+    windows: int = 256  # training-style windows drawn from the train tasks' histories
+    trajectories: int = 0  # rollout trajectories kept (held-out tasks x eval.seeds); 0: all
+    decisions: list[int] = field(default_factory=list)  # rollout decision steps; empty: every episode start
+    loo_samples: int = 32  # contexts of the leave-one-out importance check (x n_transit forward passes each)
+    drop_counts: list[int] = field(default_factory=list)  # transitions dropped in the ablation; empty: 1, 2, 4, n/4, n/2
+    figure_samples: int = 5  # samples per layer in the original figure set
+    seed: int = 0  # seed of the sampled windows, rollouts and random drops
+
+
+@dataclass
+class StudyConfig:
+    """The compression study (``adkit study``, notebooks 04 and 05). Budgets are fractions of
+    ``model.n_transit`` (0.25 keeps 20 of 80 earlier transitions), so one profile serves every context."""
+
+    compressors: list[str] = field(default_factory=list)  # training-free strategies; empty: every strategy
+    budgets: list[float] = field(default_factory=lambda: [0.5, 0.25, 0.125, 0.0625])  # training-free budgets
+    retrain_compressors: list[str] = field(default_factory=list)  # retrained strategies; empty: the original six + random + sink-recent
+    retrain_budgets: list[float] = field(default_factory=lambda: [0.5, 0.25, 0.125])  # retrained budgets
+    seeds: int = 3  # training seeds of retrained cells, evaluation seeds of training-free ones
+    episodes: int = 0  # in-context episodes per rollout; 0: eval.episodes
+    steps: int = 0  # training steps of every retrained model; 0: train.steps
+    decisions: int = 16  # recorded decisions per stream for agreement and KL (training-free)
+    workers: int = 1  # retrained cells trained at once, one process and one torch thread each
+
+    def transitions(self, fractions: list[float], n_transit: int) -> list[int]:
+        """Budgets in transitions kept: ``round(f * n_transit)`` each, at least 1, duplicates dropped."""
+        bad = [f for f in fractions if not 0 < f < 1]
+        if bad or not fractions:
+            raise ValueError(f"study budgets are fractions of n_transit in (0, 1), got {list(fractions)}")
+        return list(dict.fromkeys(max(1, round(f * n_transit)) for f in fractions))
+
+
+@dataclass
 class Config:
     env: EnvConfig = field(default_factory=EnvConfig)
     collect: CollectConfig = field(default_factory=CollectConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
+    compress: CompressConfig = field(default_factory=CompressConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    attention: AttentionConfig = field(default_factory=AttentionConfig)
+    study: StudyConfig = field(default_factory=StudyConfig)
     profile: str = "custom"  # name of the profile this config came from
 
     def to_dict(self) -> dict:
@@ -141,6 +200,10 @@ def _build(cls, data: dict, where: str):
             kwargs[name] = _build(hint, value, f"{where}.{name}".strip("."))
         elif typing.get_origin(hint) is tuple or hint is tuple:
             kwargs[name] = tuple(value)
+        elif typing.get_origin(hint) is list:
+            if not isinstance(value, (list, tuple)):
+                raise ValueError(f"config {where}.{name} must be a list, got {value!r}".replace(" .", " "))
+            kwargs[name] = list(value)
         elif hint in (int, float, bool, str) and not isinstance(value, hint):
             if hint is float and isinstance(value, int) and not isinstance(value, bool):
                 value = float(value)
@@ -176,7 +239,7 @@ def load_config(path_or_name: str | Path, overrides: dict | None = None) -> Conf
     path = resolve_profile(path_or_name)
     data = _read(path)
     data.setdefault("profile", path.stem)
-    _merge(data, overrides or {})
+    merge(data, overrides or {})
     return from_dict(data)
 
 
@@ -188,16 +251,55 @@ def _read(path: Path) -> dict:
         return data
     merged = _read(resolve_profile(base))
     merged.pop("profile", None)
-    _merge(merged, data)
+    merge(merged, data)
     return merged
 
 
-def _merge(base: dict, extra: dict) -> None:
+def merge(base: dict, extra: dict) -> None:
+    """Merge the nested mapping ``extra`` into ``base`` in place (``extra`` wins)."""
     for key, value in extra.items():
         if isinstance(value, dict) and isinstance(base.get(key), dict):
-            _merge(base[key], value)
+            merge(base[key], value)
         else:
             base[key] = value
+
+
+def parse_overrides(pairs: list[str] | None) -> dict:
+    """``["compress.budget=20", "compress.strategy=recency"]`` -> nested config overrides (values read
+    as YAML: numbers, booleans, strings, ``[0.5, 0.25]`` lists). What ``--set`` and the notebooks' ``overrides`` take."""
+    out: dict = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--set takes SECTION.FIELD=VALUE, got {pair!r}")
+        *path, last = key.split(".")
+        node = out
+        for part in path:
+            node = node.setdefault(part, {})
+        node[last] = yaml.safe_load(value)
+    return out
+
+
+# Config keys (prefixes) that may differ when a run is resumed: they do not change what is trained.
+RESUMABLE_CHANGES = ("profile", "eval.", "attention.", "study.", "train.steps", "train.threads", "train.val_every",
+                     "train.extra_seeds")
+
+
+def changed_fields(old: Config, new: Config, allowed: tuple[str, ...] = RESUMABLE_CHANGES) -> list[str]:
+    """``"key: old -> new"`` for every field that differs, except keys starting with ``allowed``."""
+    a, b = (_flat(c.to_dict()) for c in (old, new))
+    return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(a.keys() | b.keys())
+            if a.get(k) != b.get(k) and not k.startswith(allowed)]
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
 
 
 def dump_config(cfg: Config) -> str:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import importlib
-from pathlib import Path
+
+from adkit.config import load_config
+from adkit.run import Run
 
 PACKAGES = ("torch", "numpy", "gymnasium", "h5py", "safetensors", "einops", "matplotlib", "seaborn", "pandas",
             "tqdm", "yaml")
@@ -15,7 +17,7 @@ def _check(ok: bool, what: str, fix: str = "") -> bool:
     return ok
 
 
-def doctor(config: str = "quick", run_dir: str | None = None) -> int:
+def doctor(config: str = "quick", run_dir: str | None = None, overrides: dict | None = None) -> int:
     """Print a checklist; return 0 if the pipeline is complete for ``config``, 1 otherwise."""
     print("packages")
     ok = True
@@ -26,25 +28,19 @@ def doctor(config: str = "quick", run_dir: str | None = None) -> int:
         except ImportError:
             extra = "notebooks,test" if name in NOTEBOOK_PACKAGES else ""
             ok &= _check(False, name, f"pip install -e '.[{extra}]'" if extra else "pip install -e .")
-    from adkit.collect import default_path
-    from adkit.config import load_config
-
-    cfg = load_config(config)
-    run = Path(run_dir or f"runs/{cfg.profile}")
-    hist = default_path(cfg)
+    cfg = load_config(config, overrides)
+    run = Run.create(cfg, run_dir)
     print(f"profile {cfg.profile}: {cfg.env.name}, source {cfg.collect.source}")
     steps = [
-        (hist.exists(), f"histories {hist}", f"adkit collect -c {config}"),
-        ((run / "model.safetensors").exists(), f"checkpoint {run}/model.safetensors",
-         f"adkit train -c {config} --run-dir {run}"),
-        ((run / "eval" / "returns.csv").exists(), f"in-context evaluation {run}/eval/returns.csv",
-         f"adkit evaluate --run-dir {run}"),
+        (run.histories.exists(), f"histories {run.histories}", f"adkit collect -c {config}"),
+        (run.weights.exists(), f"checkpoint {run.weights}", f"adkit train -c {config} --run-dir {run.dir}"),
+        (run.returns.exists(), f"in-context evaluation {run.returns}", f"adkit evaluate --run-dir {run.dir}"),
     ]
     later = [
-        ((run / "attention" / "attention.h5").exists(), f"attention file {run}/attention/attention.h5",
-         f"adkit attention --run-dir {run}  (notebooks 02, 03)"),
-        ((run / "study" / "results.csv").exists(), f"compression study {run}/study/results.csv",
-         f"adkit study --run-dir {run}  (notebooks 04, 05)"),
+        (run.attention.exists(), f"attention file {run.attention}",
+         f"adkit attention --run-dir {run.dir}  (notebooks 02, 03)"),
+        ((run.study / "results.csv").exists(), f"compression study {run.study / 'results.csv'}",
+         f"adkit study --run-dir {run.dir}  (notebooks 04, 05)"),
     ]
     print("pipeline")
     next_cmd = None

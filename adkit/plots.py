@@ -4,14 +4,19 @@ from __future__ import annotations
 
 from typing import Callable
 
+import ipywidgets as w
 import matplotlib.pyplot as plt
 import numpy as np
+from IPython.display import display
 from matplotlib.figure import Figure
+
+from adkit.io import atomic_path
 
 
 def band(ax, x, runs: np.ndarray, label: str, color=None):
-    """Mean line and +-1 std band over the first axis of ``runs`` (n_runs, n_points)."""
-    mean, std = runs.mean(0), runs.std(0)
+    """Mean line and +-1 sample std (ddof=1) band over the first axis of ``runs`` (n_runs, n_points)."""
+    mean = runs.mean(0)
+    std = runs.std(0, ddof=1) if len(runs) > 1 else np.zeros_like(mean)
     line, = ax.plot(x, mean, label=label, color=color, lw=2)
     if len(runs) > 1:
         ax.fill_between(x, mean - std, mean + std, color=line.get_color(), alpha=0.2)
@@ -26,6 +31,24 @@ def source_bands(ax, source: np.ndarray, name: str = "source", stride: int = 1) 
         thinned = source[:, ::stride]  # (n_streams, n_episodes / stride)
         band(ax, np.arange(1, thinned.shape[-1] + 1), thinned, f"{name}, one episode in {stride} (AD's data)",
              color="tab:olive")
+
+
+def plot_source(h, tasks, stride: int = 1, random: float | None = None, title: str = "source histories"):
+    """The source's mean return per episode over its history, on all tasks and on ``tasks`` (the
+    held-out ones); with ``stride > 1`` the episodes AD trains on; ``random``: the random policy's."""
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    src = h.task_returns(tasks)  # (tasks x streams, episodes)
+    ax.plot(h.episode_returns().mean((0, 1)), label=f"{h.source}, all tasks")
+    ax.plot(src.mean(0), label=f"{h.source}, held-out tasks")
+    if stride > 1:
+        ax.plot(range(0, src.shape[1], stride), src[:, ::stride].mean(0), "o", ms=3,
+                label=f"one episode in {stride} (AD's data)")
+    if random is not None:
+        ax.axhline(random, color="tab:red", ls=":", label="random (held-out)")
+    ax.set(xlabel="episode of the learning history", ylabel="return", title=title)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    return fig
 
 
 def plot_curves(res, source: np.ndarray | None = None, random: float | None = None, title: str = "",
@@ -71,8 +94,6 @@ def plot_train_log(log, ax=None):
 
 def save_png(fig: Figure, path, dpi: int = 120):
     """Write ``fig`` as a PNG at ``path`` atomically (a crash leaves the previous file whole) and close it."""
-    from adkit.io import atomic_path
-
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format="png")
     plt.close(fig)
@@ -88,9 +109,6 @@ def widget_panel(fig: Figure, widgets: dict, draw_into: Callable[..., Figure]):
     ``draw.figure`` and ``draw.widgets`` expose both. Headless, display ``draw()``
     instead of the box.
     """
-    import ipywidgets as w
-    from IPython.display import display
-
     out = w.Output()
 
     def draw(**values) -> Figure:
@@ -107,3 +125,25 @@ def widget_panel(fig: Figure, widgets: dict, draw_into: Callable[..., Figure]):
     draw.figure, draw.widgets = fig, widgets
     redraw()
     return w.VBox([w.HBox(list(widgets.values())), out]), draw
+
+
+def draw_task_curves(fig: Figure, res, task: str) -> Figure:
+    """Into ``fig``: the return per episode of each evaluation seed on one task (``"row,col"``)."""
+    names = [",".join(map(str, t)) for t in res.tasks]
+    i = names.index(task)
+    fig.clear()
+    ax = fig.subplots()
+    ax.plot(np.arange(1, res.returns.shape[-1] + 1), res.returns[i].T, alpha=0.6)
+    ax.axhline(res.optimal[i], ls="--", color="k", label="optimal")
+    ax.set(xlabel="episode in context", ylabel="return", title=f"task {task}: each line one evaluation seed")
+    ax.legend(fontsize=8, loc="lower right")
+    ax.grid(alpha=0.3)
+    return fig
+
+
+def task_explorer(res, task: str | None = None):
+    """A task dropdown over :func:`draw_task_curves`; returns ``(box, draw)`` as :func:`widget_panel` does."""
+    names = [",".join(map(str, t)) for t in res.tasks]
+    widgets = {"task": w.Dropdown(options=names, value=task or names[0], description="task")}
+    return widget_panel(Figure(figsize=(7, 3.5), layout="constrained"), widgets,
+                        lambda fig, **values: draw_task_curves(fig, res, **values))

@@ -7,11 +7,11 @@ A model of the paper sizes (``ModelConfig`` defaults: 4 layers x 4 heads, width 
 with random weights reads random contexts of ``--transit`` consecutive transitions.
 
 1. Extraction, every layer and head of ``--contexts`` contexts: adkit's one batched
-   pass through the hook points (:func:`adkit.attention.extract`, target 2 s for
+   pass through the hook points (:func:`adkit.analysis.attention.extract`, target 2 s for
    1,000 x 80) against the original's loop, which re-runs the model once per layer
    per sample and keeps that layer's pattern. Also the float16 write of the file.
 2. The original figure set for every layer x ``--samples`` samples: adkit (extract,
-   then :func:`adkit.attention_plots.save_original_set` at 120 dpi, target 30 s) against
+   then :func:`adkit.analysis.figures.save_original_set` at 120 dpi, target 30 s) against
    the original's way: per layer and sample, re-run the model, seaborn heatmaps of
    every head (14x10 in), the line plot (14x6 in) and per layer the 4-histogram
    summary (14x10 in), all saved at 300 dpi with ``bbox_inches="tight"``.
@@ -38,9 +38,9 @@ import numpy as np  # noqa: E402
 import seaborn as sns  # noqa: E402
 import torch  # noqa: E402
 
-from adkit.attention import Contexts, extract, record_contexts, save_record  # noqa: E402
-from adkit.attention_plots import save_original_set  # noqa: E402
-from adkit.insights import layer_stats  # noqa: E402
+from adkit.analysis.attention import Contexts, extract, record_contexts, save_record  # noqa: E402
+from adkit.analysis.figures import save_original_set  # noqa: E402
+from adkit.analysis.insights import layer_stats  # noqa: E402
 from adkit.model import ADTransformer, ModelConfig  # noqa: E402
 
 

@@ -4,7 +4,7 @@
     Darkroom streams for ONE goal (n_steps 20, batch 50, 20 epochs, lr 3e-4, the
     rest SB3's defaults; 100,000 timesteps), on one thread; 81 goals cost 81 times
     that, or half of it on 2 cores with one process per core.
-(b) adkit's :class:`~adkit.sources.ppo.PPOLearner` with ``PPOConfig`` (changed by
+(b) adkit's :class:`~adkit.data.sources.ppo.PPOLearner` with ``PPOConfig`` (changed by
     ``--ppo``), every task batched in torch, on the same goal x 100 streams x
     1,000 steps, then on ``--goals`` goals (default all 81) at once.
 
@@ -37,8 +37,8 @@ import torch
 from adkit import envs
 from adkit.config import PPOConfig
 from adkit.envs.grid import MOVES
-from adkit.sources.base import record
-from adkit.sources.ppo import ENCODINGS, PPOLearner
+from adkit.data.loop import record
+from adkit.data.sources.ppo import ENCODINGS, PPOLearner
 
 PUBLISHED = dict(n_steps=20, batch_size=50, n_epochs=20, learning_rate=3e-4)  # DICP's SB3 PPO settings
 GOAL = (2, 6)  # the single goal of the per-goal runs (optimal return 17)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from adkit.study import TABLE, markdown_summary, summary_table, training_free_study, write_outputs
+from adkit.study.training_free import TABLE, markdown_summary, summary_table, training_free_study, write_outputs
 
 
 def main() -> None:

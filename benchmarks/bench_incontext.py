@@ -31,11 +31,11 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from adkit import envs
-from adkit.collect import collect
+from adkit.data.collect import collect
 from adkit.cli import overrides
 from adkit.config import load_config
-from adkit.evaluate import summary
-from adkit.histories import load as load_histories
+from adkit.model.evaluate import summary
+from adkit.data.histories import load as load_histories
 from adkit.pipeline import random_baseline, source_returns, train_and_evaluate
 from adkit.plots import band, source_bands
 

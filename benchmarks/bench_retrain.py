@@ -23,10 +23,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from adkit.collect import default_path
+from adkit.data.collect import default_path
 from adkit.pipeline import run_config
-from adkit.retrain import COLUMNS, TABLE, read_table, run_cell
-from adkit.study import write_table
+from adkit.study.retrained import COLUMNS, TABLE, read_table, run_cell
+from adkit.study.training_free import write_table
 
 
 def main() -> None:

@@ -8,10 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from adkit.attention import (
+from adkit.analysis.attention import (
     AttentionFileError,
     Contexts,
-    attention_path,
     episode_decisions,
     extract,
     load_record,
@@ -21,9 +20,10 @@ from adkit.attention import (
     token_metadata,
     window_contexts,
 )
-from adkit.attention_plots import explorer, save_figures, save_original_set
+from adkit.analysis.figures import explorer, save_figures, save_original_set
+from adkit.data.tokens import Tokens
 from adkit.model import ADTransformer, ModelConfig
-from adkit.pipeline import MissingStage
+from adkit.run import MissingStage
 
 HORIZON = 20
 
@@ -43,12 +43,12 @@ def contexts(B=6, T=12, seed=0) -> Contexts:
     """Random contexts of T consecutive transitions starting anywhere in a 200-step stream."""
     g = torch.Generator().manual_seed(seed)
     start = torch.randint(0, 200, (B, 1), generator=g)
-    inputs = {"states": torch.randint(0, 9, (B, T, 2), generator=g),
-              "actions": torch.randint(0, 5, (B, T), generator=g),
-              "rewards": (torch.rand(B, T, generator=g) < 0.3).float(),
-              "next_states": torch.randint(0, 9, (B, T, 2), generator=g),
-              "queries": torch.randint(0, 9, (B, T, 2), generator=g),
-              "positions": start + torch.arange(T)}
+    inputs = Tokens(states=torch.randint(0, 9, (B, T, 2), generator=g),
+                    actions=torch.randint(0, 5, (B, T), generator=g),
+                    rewards=(torch.rand(B, T, generator=g) < 0.3).float(),
+                    next_states=torch.randint(0, 9, (B, T, 2), generator=g),
+                    queries=torch.randint(0, 9, (B, T, 2), generator=g),
+                    positions=start + torch.arange(T))
     return Contexts(inputs, np.tile([[1, 2]], (B, 1)), np.arange(B), start[:, 0].numpy() + T, np.zeros(B, int))
 
 
@@ -171,7 +171,7 @@ def test_rollout_contexts_at_decision_steps(tiny_cfg):
 
 
 def test_file_round_trip_keeps_both_sources(record, tmp_path):
-    path = attention_path(tmp_path)
+    path = tmp_path / "attention" / "attention.h5"
     save_record(record, path)
     rollout = record_contexts(sharp_model(seed=1), contexts(seed=1), "rollout")
     save_record(rollout, path)
@@ -190,7 +190,7 @@ def test_file_round_trip_keeps_both_sources(record, tmp_path):
 
 
 def test_missing_and_corrupt_files_name_the_command(record, tmp_path):
-    path = attention_path(tmp_path)
+    path = tmp_path / "attention" / "attention.h5"
     with pytest.raises(MissingStage, match="adkit attention --run-dir .*02_extract_attention"):
         load_record(path)
     path.parent.mkdir(parents=True)
@@ -281,14 +281,13 @@ def test_explorer_sliders_redraw_from_the_record(model):
 # ---------------------------------------------------------------- the command
 
 
-def test_cli_attention_end_to_end(tmp_path, monkeypatch, capsys):
+@pytest.mark.slow
+def test_cli_attention_end_to_end(tmp_path, monkeypatch, capsys, tiny_run):
     from adkit.cli import main
 
     monkeypatch.chdir(tmp_path)
-    assert main(["attention", "--run-dir", "runs/tiny"]) == 2
+    assert main(["attention", "--run-dir", "runs/none"]) == 2
     assert "adkit train" in capsys.readouterr().err
-    assert main(["collect", "-c", "tiny"]) == 0
-    assert main(["train", "-c", "tiny", "--run-dir", "runs/tiny"]) == 0
     assert main(["attention", "--run-dir", "runs/tiny", "--samples", "12", "--figs", "figs"]) == 0
     out = capsys.readouterr().out
     assert "ANALYZING LAYER 1" in out and "Recommended compressor:" in out and "importance" in out

@@ -18,6 +18,7 @@ def in_tmp(tmp_path, monkeypatch):
     return tmp_path
 
 
+@pytest.mark.slow
 def test_collect_train_evaluate_doctor(in_tmp, capsys):
     assert main(["doctor", "-c", "tiny"]) == 1
     assert "next: adkit collect -c tiny" in capsys.readouterr().out
@@ -56,15 +57,30 @@ def test_compress_demo_prints_every_strategy(capsys):
     assert all(f"  {name} " in out for name in COMPRESSORS)
 
 
-def test_train_with_set_overrides_and_a_scorer(in_tmp, capsys):
-    assert main(["collect", "-c", "tiny"]) == 0
-    assert main(["train", "-c", "tiny", "--run-dir", "runs/full", "--set", "train.steps=4"]) == 0
-    args = ["train", "-c", "tiny", "--run-dir", "runs/attn", "--set", "train.steps=4", "train.compressor=attention",
-            "train.budget=5"]
+@pytest.mark.slow
+def test_train_with_set_overrides_and_a_scorer(in_tmp, capsys, tiny_run):
+    args = ["train", "-c", "tiny", "--run-dir", "runs/attn", "--set", "train.steps=4", "compress.strategy=attention",
+            "compress.budget=5"]
     assert main(args) == 2
     assert "pass scorer=" in capsys.readouterr().err  # attention-scored: a scorer is needed
-    assert main(args + ["--scorer", "runs/full"]) == 0
+    assert main(args + ["--scorer", "runs/tiny"]) == 0
     cfg = load_config("runs/attn/config.yaml")
-    assert (cfg.train.compressor, cfg.train.budget, cfg.train.steps) == ("attention", 5, 4)
+    assert (cfg.compress.strategy, cfg.compress.budget, cfg.train.steps) == ("attention", 5, 4)
     assert main(["train", "-c", "tiny", "--run-dir", "runs/x", "--set", "train.steps"]) == 2
     assert "--set takes SECTION.FIELD=VALUE, got 'train.steps'" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_set_applies_to_a_saved_run_and_paths_resolve_against_the_project(tiny_run, tmp_path, monkeypatch, capsys):
+    """``--set`` on a run directory changes the saved config for this command only, and the same
+    relative paths work from a subdirectory (a notebook kernel runs in ``notebooks/``)."""
+    (tmp_path / "config" / "profiles").mkdir(parents=True)
+    (tmp_path / "notebooks").mkdir()
+    monkeypatch.delenv("ADKIT_HOME")
+    monkeypatch.chdir(tmp_path / "notebooks")
+    assert main(["evaluate", "--run-dir", "runs/tiny", "--set", "eval.episodes=2", "eval.seeds=1"]) == 0
+    df = pd.read_csv(tmp_path / "runs/tiny/eval/returns.csv")
+    assert (df["episode"].max(), df["seed"].nunique()) == (2, 1)
+    assert load_config(tmp_path / "runs/tiny/config.yaml").eval.episodes == tiny_run.cfg.eval.episodes
+    assert main(["evaluate", "--run-dir", "runs/nothing"]) == 2
+    assert f"{tmp_path / 'runs/nothing/config.yaml'} does not exist yet" in capsys.readouterr().err

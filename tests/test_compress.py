@@ -33,10 +33,10 @@ def peaked(B, n, hot, H=2, seed=0):
 
 def toy_policy(target):
     """Logits that depend only on transition target[b] of each row b (zero when it is dropped);
-    the row b is read from the states, so expanded batches work."""
-    def policy(states, actions, rewards, next_states, keep):
-        b = states[:, 0, 0].long() // 1000  # (B',)
-        t = torch.tensor(target)[b % len(target)].clamp(max=states.shape[1] - 1)  # (B',)
+    keep's rows are h's rows repeated in place."""
+    def policy(h, keep):
+        b = (h.states[:, 0, 0].long() // 1000).repeat_interleave(keep.shape[0] // h.n_rows, 0)  # (B',)
+        t = torch.tensor(target)[b % len(target)].clamp(max=h.n - 1)  # (B',)
         present = (keep == t[:, None]).any(-1, keepdim=True)  # (B', 1)
         return present * (t[:, None] + 1) * torch.tensor([0.1, -0.1])  # (B', 2)
     return policy
@@ -164,7 +164,7 @@ def test_attention_shape_mismatch_names_shapes(attention):
 
 def test_bad_inputs_raise():
     s, a, r, s2 = data(2, 12)
-    with pytest.raises(ValueError, match="expected states"):
+    with pytest.raises(ValueError, match="expected the four tensors"):
         C.RecencyCompressor(4).select(s, a[:, :5], r, s2)
     with pytest.raises(ValueError, match="positions of shape"):
         C.RecencyCompressor(4).select(s, a, r, s2, positions=torch.arange(5))
@@ -304,9 +304,11 @@ def test_oracle_keeps_the_transition_the_policy_depends_on():
         kept = C.OracleCompressor(k, toy_policy([2, 5, 7])).select(*batch)
         assert [2 in kept[0], 5 in kept[1], 7 in kept[2]] == [True] * 3, kept
     calls = []
-    def counting(*args):
-        calls.append(args[-1].shape)
-        return toy_policy([2, 5, 7])(*args)
+
+    def counting(h, keep):
+        calls.append(keep.shape)
+        return toy_policy([2, 5, 7])(h, keep)
+
     C.OracleCompressor(6, counting).select(*batch)
     assert calls == [(3, 10)] + [(3 * m, m - 1) for m in range(10, 6, -1)]
 
@@ -328,6 +330,29 @@ def test_profile_rules_and_from_profile():
 def test_make_sets_the_budget_argument():
     assert C.make("recency", 7).keep_recent == 7 and C.make("threshold", 9).max_keep == 9
     assert C.make("uniform", 5).target_length == 5
+
+
+def test_the_original_constructor_names_are_aliases_of_budget():
+    assert C.RecencyCompressor(keep_recent=4) == C.RecencyCompressor(budget=4) == C.RecencyCompressor(4)
+    assert C.ThresholdCompressor(0.1, 2, 6) == C.ThresholdCompressor(threshold=0.1, min_keep=2, max_keep=6)
+    assert C.ExponentialDecayCompressor(target_length=5, decay_rate=0.2).budget == 5
+    with pytest.raises(ValueError, match="give the budget once"):
+        C.UniformCompressor(budget=3, target_length=3)
+    with pytest.raises(AttributeError):
+        C.RecencyCompressor(3).target_length  # noqa: B018 (recency's alias is keep_recent)
+
+
+def test_original_toolkit_shapes_one_hot_actions_and_trailing_rewards():
+    """The original's integration point (DICP's AD.forward): actions one-hot (B, n, A), rewards (B, n, 1)."""
+    s, a, r, s2 = data(2, 12)
+    one_hot = torch.nn.functional.one_hot(a % 5, 5).float()  # (B, n, 5)
+    r3 = torch.zeros(2, 12, 1).index_fill(1, torch.tensor([3, 7]), 1.0)  # (B, n, 1): rewarded at 3 and 7
+    out = C.RewardRecentCompressor(4).compress(s, one_hot, r3, s2)
+    assert [t.shape for t in out] == [(2, 4, D), (2, 4, 5), (2, 4, 1), (2, 4, D)]
+    assert decode(out[0])[1].tolist() == [[3, 7, 10, 11]] * 2
+    assert torch.equal(out[1], one_hot[:, [3, 7, 10, 11]]) and torch.equal(out[2], r3[:, [3, 7, 10, 11]])
+    with pytest.raises(ValueError, match=r"\(B, n, \*\) with the same B and n"):
+        C.RecencyCompressor(4).compress(s, one_hot[:, :5], r3, s2)
 
 
 def test_demo_prints_one_line_per_strategy(capsys):

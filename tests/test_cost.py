@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from adkit.cost import attention_flops, causal_pairs, peak_allocated_mb
+from adkit.compress.cost import attention_flops, causal_pairs, peak_allocated_mb
 
 
 def test_peak_allocated_mb_replays_allocations():

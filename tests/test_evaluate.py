@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from adkit import envs
-from adkit.evaluate import CSV_FIELDS, rollout, summary
+from adkit.model.evaluate import CSV_FIELDS, rollout, summary
 from adkit.model import ADTransformer, ModelConfig
 
 
@@ -70,7 +70,7 @@ def test_curve_figure_shows_the_thinned_source_ad_was_trained_on(model):
 def test_summary_numbers_on_hand_made_returns():
     import numpy as np
 
-    from adkit.evaluate import RolloutResult
+    from adkit.model.evaluate import RolloutResult
 
     returns = np.array([[[0, 0, 5, 10], [0, 0, 0, 0]],
                         [[10, 10, 10, 10], [0, 10, 10, 10]]], dtype=float)  # (tasks, seeds, episodes)

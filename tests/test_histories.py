@@ -4,9 +4,9 @@ import h5py
 import numpy as np
 import pytest
 
-from adkit.collect import collect
+from adkit.data.collect import collect
 from adkit.config import from_dict
-from adkit.histories import HistoriesError, WindowSampler, load, save, stride_episodes
+from adkit.data.histories import HistoriesError, WindowSampler, load, save, stride_episodes
 
 
 @pytest.fixture(scope="module")

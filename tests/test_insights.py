@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from adkit.attention import Contexts, build_record
-from adkit.insights import (
+from adkit.analysis.attention import Contexts, build_record
+from adkit.data.tokens import Tokens
+from adkit.analysis.insights import (
     ablation_check,
     analyze,
     drop_tokens,
@@ -29,11 +30,11 @@ def hand_record(rows, rewards=None, start=0, source="windows"):
     patterns = np.repeat(pattern[None], B, 0)  # (B, T, T)
     patterns[:, -1] = rows
     g = torch.Generator().manual_seed(0)
-    inputs = {"states": torch.randint(0, 9, (B, T, 2), generator=g), "actions": torch.randint(0, 5, (B, T), generator=g),
-              "rewards": torch.zeros(B, T) if rewards is None else torch.as_tensor(rewards, dtype=torch.float32),
-              "next_states": torch.randint(0, 9, (B, T, 2), generator=g),
-              "queries": torch.randint(0, 9, (B, T, 2), generator=g),
-              "positions": torch.arange(start, start + T).expand(B, T)}
+    inputs = Tokens(states=torch.randint(0, 9, (B, T, 2), generator=g), actions=torch.randint(0, 5, (B, T), generator=g),
+                    rewards=torch.zeros(B, T) if rewards is None else torch.as_tensor(rewards, dtype=torch.float32),
+                    next_states=torch.randint(0, 9, (B, T, 2), generator=g),
+                    queries=torch.randint(0, 9, (B, T, 2), generator=g),
+                    positions=torch.arange(start, start + T).expand(B, T))
     ctx = Contexts(inputs, np.zeros((B, 2), int), np.arange(B), np.full(B, start + T), np.zeros(B, int))
     meta = {"source": source, "env": "darkroom", "horizon": HORIZON, "n_layer": 1, "n_head": 1}
     return build_record(ctx, patterns[None, :, None], np.zeros((B, 5)), meta)
@@ -166,8 +167,9 @@ def test_ablation_says_plainly_when_attention_does_not_predict_importance():
 
 def test_drop_tokens_keeps_order_and_original_positions():
     T = 6
-    inputs = {"actions": torch.arange(T).expand(2, T), "positions": torch.arange(100, 100 + T).expand(2, T),
-              "states": torch.arange(2 * T).view(1, T, 2).expand(2, T, 2)}
+    states = torch.arange(2 * T).view(1, T, 2).expand(2, T, 2)
+    inputs = Tokens(states=states, actions=torch.arange(T).expand(2, T), rewards=torch.zeros(2, T),
+                    next_states=states, queries=states, positions=torch.arange(100, 100 + T).expand(2, T))
     out = drop_tokens(inputs, torch.tensor([[1, 3], [4, 0]]))
     assert out["actions"].tolist() == [[0, 2, 4, 5], [1, 2, 3, 5]]
     assert out["positions"].tolist() == [[100, 102, 104, 105], [101, 102, 103, 105]]

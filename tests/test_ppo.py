@@ -12,8 +12,8 @@ import torch
 
 from adkit import envs
 from adkit.config import PPOConfig
-from adkit.sources.base import record
-from adkit.sources.ppo import PPOLearner, gae, init_mlp
+from adkit.data.loop import record
+from adkit.data.sources.ppo import PPOLearner, gae, init_mlp
 
 SMALL = PPOConfig(n_steps=20, batch_size=40, n_epochs=4)  # a cheap config for the structural tests
 

@@ -1,47 +1,50 @@
 """Training-free study: one compression path for rollouts and training, the table, resuming, the explorer."""
 
+import dataclasses
 
 import pandas as pd
 import pytest
 import torch
 
-from adkit import compress, envs, study
+from adkit import compress, envs
+from adkit.compress.context import build, compress_tokens, query_attention
+from adkit.compress.cost import decision_cost
 from adkit.config import dump_config, load_config
-from adkit.context import build, compress_tokens, query_attention
-from adkit.evaluate import rollout
-from adkit.model import ADTransformer, save
-from adkit.study_plots import keep_explorer, keep_view
-from adkit.train import split_batch
+from adkit.data.tokens import Tokens
+from adkit.model import ADTransformer, load, save
+from adkit.model.evaluate import rollout
+from adkit.run import Run
+from adkit.study import training_free as study
+from adkit.study.figures import keep_explorer
+from adkit.study.keeps import keep_view
 
 N_TRANSIT = 12
-SWEEP = dict(compressors=["recency", "h2o", "random", "oracle"], budgets=(6, 3), seeds=(0, 1), episodes=2,
-             decisions=3, reduced={"oracle": study.Protocol(tasks=2, episodes=1, contexts=4, seeds=1)},
-             progress=False)
+SWEEP = dict(compressors=["recency", "h2o", "random", "oracle"], budgets=(6, 3), seeds=(0, 1),
+             reduced={"oracle": study.Protocol(tasks=2, episodes=1, contexts=4, seeds=1)}, progress=False)
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    """A run directory with a small (untrained) model and its config."""
+def run_dir(tmp_path_factory) -> Run:
+    """A run with a small (untrained) model and its config; the study config sizes the rollouts."""
     cfg = load_config("tiny", {"model": {"n_transit": N_TRANSIT, "tf_n_embd": 8, "tf_n_layer": 1, "tf_n_head": 2,
-                                         "tf_n_inner": 16}})
-    run = tmp_path_factory.mktemp("run")
+                                         "tf_n_inner": 16}, "study": {"episodes": 2, "decisions": 3}})
+    root = tmp_path_factory.mktemp("run")
+    run = Run(root / "run", cfg, root)
     torch.manual_seed(0)
-    save(ADTransformer(cfg.model).eval(), run)
-    (run / "config.yaml").write_text(dump_config(cfg))
+    save(ADTransformer(cfg.model).eval(), run.dir)
+    run.config_file.write_text(dump_config(cfg))
     return run
 
 
 @pytest.fixture(scope="module")
 def model(run_dir):
-    from adkit.model import load
-
-    return load(run_dir)
+    return load(run_dir.dir)
 
 
 @pytest.fixture(scope="module")
 def history(model):
     _, tasks = envs.task_split("darkroom")
-    return rollout(model, "darkroom", tasks[:3], seeds=[0], episodes=2, progress=False).history
+    return rollout(model, "darkroom", tasks[:3], seeds=[0], episodes=2, progress=False).trajectories
 
 
 @pytest.fixture(scope="module")
@@ -60,19 +63,18 @@ def extra(name):
 def test_rollout_window_and_training_batch_select_the_same(model, history, name):
     t, n = 30, N_TRANSIT
     window = history.window(t, n)  # what decision t of a rollout sees
-    B = window["actions"].shape[0]
+    B = window.batch
     batch = {"states": history.states[:, t - n:t + 1], "actions": history.actions[:, t - n:t + 1],
              "rewards": history.rewards[:, t - n:t + 1], "next_states": history.next_states[:, t - n:t + 1],
              "positions": torch.arange(t - n, t + 1).expand(B, n + 1)}
-    inputs, targets = split_batch(batch)  # the same transitions as a training sequence
-    assert torch.equal(targets[:, -1], history.actions[:, t])
+    inputs = Tokens.from_transitions(batch)  # the same transitions as a training sequence
+    assert torch.equal(inputs.targets[:, -1], history.actions[:, t])
     out = []
     for tokens in (window, inputs):
         c = build(name, 5, model, "darkroom", **extra(name))
         attention = query_attention(model, tokens) if c.needs_attention else None
-        out.append(compress_tokens(c, tokens, model.cfg.positions, attention,
+        out.append(compress_tokens(c, tokens, model.positions, attention,
                                    generator=torch.Generator().manual_seed(7)))
-    assert out[0].keys() == out[1].keys()
     for k in out[0]:
         assert torch.equal(out[0][k], out[1][k]), k
     assert out[0]["actions"].shape[1] <= 6 and torch.equal(out[0]["positions"][:, -1], window["positions"][:, -1])
@@ -84,13 +86,13 @@ def test_needs_attention_exactly_when_selection_without_attention_raises(model, 
     window = history.window(30, N_TRANSIT)
     c = build(name, 4, model, "darkroom", **kw)
     try:
-        compress_tokens(c, window, model.cfg.positions)
+        compress_tokens(c, window, model.positions)
         raised = False
     except ValueError as e:
         assert "attention" in str(e)
         raised = True
     assert raised == c.needs_attention
-    compress_tokens(c, window, model.cfg.positions, query_attention(model, window))  # with attention: fine
+    compress_tokens(c, window, model.positions, query_attention(model, window))  # with attention: fine
 
 
 # ---- the study table ---------------------------------------------------------------------------------
@@ -110,7 +112,7 @@ def test_study_writes_every_cell_with_every_column_filled(run_dir, table):
     assert (oracle["tasks"] == 2).all() and (oracle["episodes"] == 1).all() and (oracle["contexts"] == 4).all()
     assert oracle["note"].str.contains("reduced").all()
     assert (table["decision_ms"] > 0).all() and (table["peak_mem_mb"] > 0).all()
-    assert pd.read_csv(run_dir / "study" / "training_free.csv").shape == table.shape
+    assert pd.read_csv(run_dir.study / "training_free.csv").shape == table.shape
 
 
 def test_no_compression_agrees_exactly_and_the_others_are_bounded(table):
@@ -161,11 +163,12 @@ def test_interrupted_sweep_keeps_finished_rows(run_dir, tmp_path, monkeypatch):
 
 
 def test_rows_of_another_protocol_are_refused(run_dir, table):
+    longer = dataclasses.replace(run_dir.cfg.study, episodes=3)
     with pytest.raises(ValueError, match="another out="):
-        study.training_free_study(run_dir, **{**SWEEP, "episodes": 3})
+        study.training_free_study(run_dir.with_config(dataclasses.replace(run_dir.cfg, study=longer)), **SWEEP)
     with pytest.raises(ValueError, match="budgets"):
         study.training_free_study(run_dir, **{**SWEEP, "budgets": (N_TRANSIT,)})
-    with pytest.raises(ValueError, match="unknown compressors"):
+    with pytest.raises(ValueError, match="cannot use compressors"):
         study.training_free_study(run_dir, **{**SWEEP, "compressors": ["nope"]})
 
 
@@ -185,11 +188,11 @@ def test_summary_markdown_and_figure(run_dir, table, tmp_path):
 
 def test_decision_cost_counts_the_cache_and_shrinks_with_the_budget(model, history):
     window = history.window(30, N_TRANSIT)
-    _, none_mb = study.decision_cost(model, window, "none")
+    _, none_mb = decision_cost(model, window, "none")
     cache_mb = 2 * model.cfg.tf_n_layer * 3 * model.cfg.n_transit * model.cfg.tf_n_embd * 4 / 2**20
     assert none_mb >= cache_mb
-    _, full_mb = study.decision_cost(model, window, "full")
-    _, small_mb = study.decision_cost(model, window, "recency", compress.make("recency", 2))
+    _, full_mb = decision_cost(model, window, "full")
+    _, small_mb = decision_cost(model, window, "recency", compress.make("recency", 2))
     assert 0 < small_mb < full_mb
 
 
@@ -197,7 +200,7 @@ def test_decision_cost_counts_the_cache_and_shrinks_with_the_budget(model, histo
 
 
 def test_keep_explorer_redraws_on_widget_changes(model, history):
-    view = keep_view(model, "darkroom", {k: v[:1] for k, v in history.window(30, N_TRANSIT).items()},
+    view = keep_view(model, "darkroom", history.window(30, N_TRANSIT).rows(slice(0, 1)),
                      ["recency", "h2o", "random", "oracle", "profile"])
     box, draw = keep_explorer(view, "recency", 4)
     fig = draw.figure
@@ -214,7 +217,7 @@ def test_keep_explorer_redraws_on_widget_changes(model, history):
 
 def test_reduced_protocol_compares_with_the_full_context_on_the_same_random_numbers(run_dir, tmp_path):
     # keeping all n_transit - 1 earlier transitions compresses nothing: same decisions, same draws, same return
-    df = study.training_free_study(run_dir, ["recency"], (N_TRANSIT - 1,), (0,), 2, decisions=3, progress=False,
+    df = study.training_free_study(run_dir, ["recency"], (N_TRANSIT - 1,), (0,), progress=False,
                                    reduced={"recency": study.Protocol(tasks=3, episodes=1)}, out=tmp_path / "t.csv")
     row = df[df["compressor"] == "recency"].iloc[0]
     assert row["tasks"] == 3 and row["episodes"] == 1 and row["return"] == row["full_return"]

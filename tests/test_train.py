@@ -10,17 +10,20 @@ import pytest
 import torch
 
 from adkit.config import load_config
-from adkit.histories import save as save_histories
+from adkit.data.histories import save as save_histories
 from adkit.model import load
-from adkit.train import loss_and_accuracy, lr_at, samplers, split_batch, train
+from adkit.data.tokens import Tokens
+from adkit.model.train import loss_and_accuracy, lr_at, samplers, train
+from adkit.run import Run
 
 
-def test_split_batch_shifts_queries_and_targets():
+def test_transitions_become_tokens_with_shifted_queries_and_targets():
     b = {"states": torch.arange(8).view(1, 4, 2), "actions": torch.tensor([[0, 1, 2, 3]]),
          "rewards": torch.zeros(1, 4), "next_states": torch.zeros(1, 4, 2), "positions": torch.arange(4)[None]}
-    inputs, targets = split_batch(b)
-    assert inputs["actions"].tolist() == [[0, 1, 2]] and targets.tolist() == [[1, 2, 3]]
-    assert inputs["queries"].tolist() == b["states"][:, 1:].tolist()  # q_k = s_{k+1}
+    tokens = Tokens.from_transitions(b)
+    assert tokens["actions"].tolist() == [[0, 1, 2]] and tokens.targets.tolist() == [[1, 2, 3]]
+    assert tokens["queries"].tolist() == b["states"][:, 1:].tolist()  # q_k = s_{k+1}
+    assert sorted(tokens) == sorted(["states", "actions", "rewards", "next_states", "queries", "positions"])
 
 
 def test_loss_modes():
@@ -42,21 +45,21 @@ def test_schedule_warms_up_then_decays(tiny_cfg):
 
 
 def test_train_writes_checkpoint_log_and_learns(tmp_path, tiny_cfg, tiny_hist):
-    run = train(tiny_cfg, tiny_hist, tmp_path / "run", progress=False)
+    run = train(Run.create(tiny_cfg, tmp_path / "run"), tiny_hist, progress=False)
     for name in ("model.safetensors", "model.json", "config.yaml", "train_log.csv", "train_state.json"):
         assert (run / name).exists()
     log = pd.read_csv(run / "train_log.csv")
     assert list(log.columns) == ["step", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "seconds"]
     assert log["step"].iloc[-1] == tiny_cfg.train.steps
     assert log["train_loss"].iloc[-1] < log["train_loss"].iloc[0] or log["train_loss"].iloc[-1] < 1.5
-    assert load(run).cfg.env == "darkroom"
+    assert load(run).env == "darkroom"
 
 
 def test_resume_continues_exactly(tmp_path, tiny_cfg, tiny_hist):
-    whole = train(tiny_cfg, tiny_hist, tmp_path / "whole", progress=False)
-    train(tiny_cfg, tiny_hist, tmp_path / "parts", progress=False, until=12)  # "crash" after 12 steps
+    whole = train(Run.create(tiny_cfg, tmp_path / "whole"), tiny_hist, progress=False)
+    train(Run.create(tiny_cfg, tmp_path / "parts"), tiny_hist, progress=False, until=12)  # "crash" after 12 steps
     assert json.loads((tmp_path / "parts" / "train_state.json").read_text())["step"] == 12
-    parts = train(tiny_cfg, tiny_hist, tmp_path / "parts", progress=False)
+    parts = train(Run.create(tiny_cfg, tmp_path / "parts"), tiny_hist, progress=False)
     a, b = load(whole).state_dict(), load(parts).state_dict()
     for k in a:
         torch.testing.assert_close(a[k], b[k], msg=k)
@@ -72,20 +75,20 @@ def test_episode_stride_reaches_both_samplers(tiny_hist):
 
 
 def test_resuming_with_another_config_is_refused(tmp_path, tiny_cfg, tiny_hist):
-    train(tiny_cfg, tiny_hist, tmp_path / "run", progress=False, until=4)
+    train(Run.create(tiny_cfg, tmp_path / "run"), tiny_hist, progress=False, until=4)
     other = load_config("tiny", {"train": {"lr": 0.5, "episode_stride": 2, "seq_len": 30}})
     with pytest.raises(ValueError, match=r"another config \(train.episode_stride: 1 -> 2, train.lr: .* -> 0.5, "
                                          r"train.seq_len: .* -> 30\); resume it with its own"):
-        train(other, tiny_hist, tmp_path / "run", progress=False)
+        train(Run.create(other, tmp_path / "run"), tiny_hist, progress=False)
     longer = load_config("tiny", {"train": {"steps": tiny_cfg.train.steps + 4}, "eval": {"seeds": 7}})
-    train(longer, tiny_hist, tmp_path / "run", progress=False, until=6)  # more steps, other evaluation: a resume
+    train(Run.create(longer, tmp_path / "run"), tiny_hist, progress=False, until=6)  # more steps, other evaluation: a resume
     assert json.loads((tmp_path / "run" / "train_state.json").read_text())["step"] == 6
 
 
 def test_histories_for_another_family_are_refused(tmp_path, tiny_hist):
     cfg = load_config("tiny", {"env": {"name": "key-to-door"}})
     with pytest.raises(ValueError, match="histories are for 'darkroom'"):
-        train(cfg, tiny_hist, tmp_path / "run", progress=False)
+        train(Run.create(cfg, tmp_path / "run"), tiny_hist, progress=False)
 
 
 @pytest.mark.slow

@@ -13,9 +13,14 @@ from adkit.envs.vector import GridVectorEnv
 NAMES = tuple(SPECS)
 
 
+def random_return_mean(name: str, tasks) -> float:
+    """Mean return of the uniform-random policy over ``tasks`` (exact)."""
+    return sum(random_return(name, t) for t in tasks) / len(tasks)
+
+
 def make(name: str, tasks, streams: int = 1) -> GridVectorEnv:
     """A vector env with one sub-env per task x stream (task-major order)."""
     return GridVectorEnv(name, tasks, streams)
 
 
-__all__ = ["NAMES", "GridCore", "GridSpec", "GridVectorEnv", "make", "optimal_return", "random_return", "spec", "task_list", "task_split"]
+__all__ = ["NAMES", "GridCore", "GridSpec", "GridVectorEnv", "make", "optimal_return", "random_return_mean", "random_return", "spec", "task_list", "task_split"]

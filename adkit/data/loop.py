@@ -1,4 +1,4 @@
-"""The recording loop every source algorithm runs in, and the learner protocol."""
+"""The one environment loop: source algorithms and the model's in-context evaluation both run in it."""
 
 from __future__ import annotations
 
@@ -51,8 +51,3 @@ def record(env: GridVectorEnv, learner: Learner, steps: int, seed: int = 0, prog
         out["next_states"][:, t], out["dones"][:, t] = next_obs, dones
         obs = reset_obs
     return out
-
-
-def linear(start: float, end: float, frac: float) -> float:
-    """Linear interpolation from ``start`` to ``end`` at ``frac`` in [0, 1] (clipped)."""
-    return start + (end - start) * min(1.0, max(0.0, frac))

@@ -5,6 +5,7 @@
   allocation events ``torch.profiler`` records (no sampling).
 * :func:`causal_pairs` and :func:`attention_flops`: the work of the attention scores
   and the weighted sum (``QK^T`` and ``AV``), counted from token counts.
+* :func:`decision_cost`: one decision of a model, full (rolling cache or re-encoded) or compressed.
 """
 
 from __future__ import annotations
@@ -16,6 +17,13 @@ import statistics
 import sys
 import time
 from typing import Callable
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+from adkit.compress.context import compressed_logits
+from adkit.compress.strategies import Compressor
+from adkit.data.tokens import Tokens
 
 
 @contextlib.contextmanager
@@ -48,8 +56,6 @@ def peak_allocated_mb(fn: Callable[[], object]) -> float:
     ``profile_memory=True`` is replayed in time order; the peak of the running sum is the
     most memory the call held at once. Frees of tensors made before the call count too.
     """
-    from torch.profiler import ProfilerActivity, profile
-
     prof = profile(activities=[ProfilerActivity.CPU], profile_memory=True)
     with _quiet_stderr():  # kineto logs a line at start and stop
         prof.start()
@@ -89,3 +95,29 @@ def causal_pairs(tokens: int, window: int | None = None) -> int:
 def attention_flops(n_layer: int, n_embd: int, pairs: int) -> int:
     """FLOPs of ``QK^T`` and ``AV`` over ``pairs`` (query, key) pairs in every layer: 2 x 2 x d per pair."""
     return 4 * n_embd * n_layer * pairs
+
+
+@torch.no_grad()
+def decision_cost(model, window: Tokens, name: str, compressor: Compressor | None = None,
+                  generator: torch.Generator | None = None, scorer=None) -> tuple[float, float]:
+    """``(ms, peak MB)`` of one decision for every row of ``window`` (B, n_transit, ·).
+
+    ``name`` ``"none"``: a step of the rolling key/value cache, filled with the first
+    ``n_transit - 1`` transitions beforehand (the cache's size is added to the peak);
+    ``"full"``: the whole window re-encoded; otherwise ``compressor``'s decision
+    (:func:`compressed_logits`: attention pass of ``scorer``, default ``model``, if needed,
+    selection, re-encoding).
+    """
+    resident = 0.0
+    if name == "none":
+        cache = model.new_cache(window["actions"].shape[0])
+        fields = [window[k] for k in ("states", "actions", "rewards", "next_states", "queries")]
+        for i in range(window["actions"].shape[1] - 1):
+            model.step(cache, *(f[:, i] for f in fields))
+        resident = sum(t.numel() * t.element_size() for t in cache.k + cache.v) / 2**20
+        fn = lambda: model.step(cache, *(f[:, -1] for f in fields))  # noqa: E731
+    elif name == "full":
+        fn = lambda: model(**window)[:, -1]  # noqa: E731
+    else:
+        fn = lambda: compressed_logits(model, window, compressor, generator, scorer)  # noqa: E731
+    return time_ms(fn), resident + peak_allocated_mb(fn)

@@ -9,8 +9,10 @@ import numpy as np
 
 from adkit import envs
 from adkit.config import Config, dump_config
-from adkit.histories import Histories, save
-from adkit.sources import make_learner, record
+from adkit.data.histories import Histories, load, save
+from adkit.data.loop import record
+from adkit.data.sources import make_learner
+from adkit.run import histories_path
 
 
 def collect(cfg: Config, progress: bool = True) -> Histories:
@@ -31,16 +33,19 @@ def collect(cfg: Config, progress: bool = True) -> Histories:
                      config=dump_config(cfg), **arrays)
 
 
-def default_path(cfg: Config) -> Path:
-    """Where a profile's histories live by default: ``data/{profile}-{env}-{source}.h5``."""
-    return Path("data") / f"{cfg.profile}-{envs.spec(cfg.env.name).name}-{cfg.collect.source}.h5"
-
-
 def collect_to_file(cfg: Config, path: str | Path | None = None, progress: bool = True) -> tuple[Path, float]:
     """Collect and save atomically; returns the path and the seconds spent collecting."""
-    path = Path(path) if path else default_path(cfg)
+    path = Path(path) if path else histories_path(cfg)
     t0 = time.perf_counter()
     h = collect(cfg, progress=progress)
     seconds = time.perf_counter() - t0
     save(h, path)
     return path, seconds
+
+
+def ensure_histories(cfg: Config, path: str | Path | None = None, progress: bool = True) -> tuple[Histories, Path]:
+    """Load the profile's histories (or ``path``), collecting them first if the file does not exist."""
+    path = Path(path) if path else histories_path(cfg)
+    if not path.exists():
+        collect_to_file(cfg, path, progress=progress)
+    return load(path), path

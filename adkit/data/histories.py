@@ -68,6 +68,11 @@ class Histories:
             idx.append(lookup[key])
         return np.array(idx, dtype=np.int64)
 
+    def task_returns(self, tasks) -> np.ndarray:
+        """The source's per-stream episode returns on ``tasks`` ``(n_tasks * n_streams, n_episodes)``."""
+        ret = self.episode_returns()[self.task_index(tasks)]  # (n_tasks, n_streams, n_episodes)
+        return ret.reshape(-1, ret.shape[-1])
+
     def episode_returns(self) -> np.ndarray:
         """Return of every complete episode ``(n_tasks, n_streams, n_episodes)``.
 

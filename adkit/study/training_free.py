@@ -43,7 +43,6 @@ rerun computes only the missing ones.
 
 from __future__ import annotations
 
-import itertools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -52,18 +51,22 @@ import numpy as np
 import pandas as pd
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from adkit import compress, envs
-from adkit.context import build, compressed_logits
-from adkit.cost import peak_allocated_mb, time_ms
-from adkit.evaluate import RolloutResult, rollout
-from adkit.insights import kl, markdown_table
-from adkit.io import atomic_path, write_text
-from adkit.metrics import head_profile
+from adkit.analysis.insights import kl, markdown_table
+from adkit.compress.context import build, compressed_logits
+from adkit.compress.cost import decision_cost
+from adkit.data.tokens import INPUTS, Tokens
+from adkit.io import write_text
+from adkit.model.checkpoint import load
+from adkit.model.evaluate import RolloutResult, rollout
+from adkit.plots import save_png
+from adkit.run import Run
+from adkit.study.cells import check_budgets, check_names, profile_kwargs, read_table, run_cells
+from adkit.study.figures import plot_return_vs_budget
+from adkit.study.summaries import BASELINES, TRAINING_FREE, plus_minus, summary_table
 
-MODE = "training-free"
-BASELINES = ("none", "full")  # full context: rolling cache / re-encoded every step (budget = n_transit)
+MODE = TRAINING_FREE
 KEY = ["compressor", "budget", "seed"]
 COLUMNS = KEY + ["mode", "backend", "tasks", "episodes", "return", "full_return", "optimal", "agreement", "kl",
                  "contexts", "context_tokens", "rollout_step_ms", "decision_ms", "peak_mem_mb", "note"]
@@ -122,46 +125,6 @@ def spread(n: int, m: int | None) -> Tensor:
     return torch.arange(n) if m is None or m >= n else torch.linspace(0, n - 1, m).round().long().unique()
 
 
-def profile_kwargs(model, contexts: dict[str, Tensor]) -> dict:
-    """``rule`` and ``size`` of :class:`~adkit.compress.ProfileCompressor`, profiled (FastGen-style,
-    :func:`adkit.metrics.head_profile`) on every layer and head of ``model`` over ``contexts`` (B, L, ·)."""
-    with torch.no_grad():
-        _, cache = model.run_with_cache(**contexts, names="hook_pattern")
-    rewards = contexts["rewards"][:, :-1].numpy()  # (B, L - 1) of the context transitions
-    records = [p for layer in cache.stack("pattern").numpy() for p in head_profile(layer, rewards)]
-    chosen = compress.ProfileCompressor.from_profile(records, 1)
-    return {"rule": chosen.rule, "size": chosen.size}
-
-
-# ---- cost -------------------------------------------------------------------------------------------
-
-
-@torch.no_grad()
-def decision_cost(model, window: dict[str, Tensor], name: str, compressor: compress.Compressor | None = None,
-                  generator: torch.Generator | None = None, scorer=None) -> tuple[float, float]:
-    """``(ms, peak MB)`` of one decision for every row of ``window`` (B, n_transit, ·).
-
-    ``name`` ``"none"``: a step of the rolling key/value cache, filled with the first
-    ``n_transit - 1`` transitions beforehand (the cache's size is added to the peak);
-    ``"full"``: the whole window re-encoded; otherwise ``compressor``'s decision
-    (:func:`compressed_logits`: attention pass of ``scorer``, default ``model``, if needed,
-    selection, re-encoding).
-    """
-    resident = 0.0
-    if name == "none":
-        cache = model.new_cache(window["actions"].shape[0])
-        fields = [window[k] for k in ("states", "actions", "rewards", "next_states", "queries")]
-        for i in range(window["actions"].shape[1] - 1):
-            model.step(cache, *(f[:, i] for f in fields))
-        resident = sum(t.numel() * t.element_size() for t in cache.k + cache.v) / 2**20
-        fn = lambda: model.step(cache, *(f[:, -1] for f in fields))  # noqa: E731
-    elif name == "full":
-        fn = lambda: model(**window)[:, -1]  # noqa: E731
-    else:
-        fn = lambda: compressed_logits(model, window, compressor, generator, scorer)  # noqa: E731
-    return time_ms(fn), resident + peak_allocated_mb(fn)
-
-
 # ---- one seed's reference and one cell --------------------------------------------------------------
 
 
@@ -176,9 +139,9 @@ class Reference:
     """
 
     result: RolloutResult
-    contexts: dict[str, Tensor]
+    contexts: Tokens
     logits: Tensor
-    probe: dict[str, Tensor]
+    probe: Tokens
     extra: dict[str, dict]
 
     def protocol(self) -> Protocol:
@@ -191,9 +154,9 @@ def reference(model, env_name: str, tasks, seed: int, episodes: int, decisions: 
     """Roll out the full-context model (rolling cache) on ``tasks`` with ``seed`` and record contexts."""
     res = rollout(model, env_name, tasks, seeds=[seed], episodes=episodes, progress=False)
     n = model.cfg.n_transit
-    windows = [res.history.window(t, n) for t in decision_steps(n, res.steps, decisions)]
-    contexts = {k: torch.stack([w[k] for w in windows], 1).flatten(0, 1)  # (S, D, n, ·) -> (S*D, n, ·)
-                for k in windows[0]}
+    windows = [res.trajectories.window(t, n) for t in decision_steps(n, res.steps, decisions)]
+    contexts = Tokens(**{k: torch.stack([w[k] for w in windows], 1).flatten(0, 1)  # (S, D, n, ·) -> (S*D, n, ·)
+                         for k in INPUTS})
     logits = model(**contexts)[:, -1]  # (S*D, A)
     return Reference(res, contexts, logits, windows[-1], {"profile": profile_kwargs(model, contexts)})
 
@@ -206,7 +169,7 @@ def run_cell(model, env_name: str, tasks, ref: Reference, name: str, budget: int
     full = ref.protocol()
     p = protocol.within(full)
     pick = spread(full.contexts, p.contexts)
-    contexts = {k: v[pick] for k, v in ref.contexts.items()}
+    contexts = ref.contexts.rows(pick)
     gen = torch.Generator().manual_seed(seed)
     compressor = build("none" if name in BASELINES else name, budget, model, env_name, **ref.extra.get(name, {}))
     if p.tasks == full.tasks:
@@ -221,7 +184,7 @@ def run_cell(model, env_name: str, tasks, ref: Reference, name: str, budget: int
     logits, tokens = compressed_logits(model, contexts, compressor, gen)
     logq = logits.double().log_softmax(-1)
     logp = ref.logits[pick].double().log_softmax(-1)
-    ms, mb = decision_cost(model, {k: v[:p.tasks] for k, v in ref.probe.items()}, name, compressor, gen)
+    ms, mb = decision_cost(model, ref.probe.rows(slice(0, p.tasks)), name, compressor, gen)
     notes = {"none": "full context, rolling key/value cache (reference)",
              "full": "full context re-encoded every step (DICP)"}
     note = notes.get(name, "full protocol" if p == full else "reduced protocol (costly compressor)")
@@ -243,28 +206,6 @@ def run_cell(model, env_name: str, tasks, ref: Reference, name: str, budget: int
 # ---- the study --------------------------------------------------------------------------------------
 
 
-def read_table(path: str | Path, columns: Sequence[str] = COLUMNS) -> pd.DataFrame:
-    """The study table at ``path`` (empty, with ``columns``, when there is none yet)."""
-    path = Path(path)
-    return pd.read_csv(path) if path.exists() else pd.DataFrame(columns=list(columns))
-
-
-def write_table(df: pd.DataFrame, path: str | Path, columns: Sequence[str] = COLUMNS) -> Path:
-    """Write ``columns`` of the table atomically (a crash leaves the previous file whole)."""
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        df[list(columns)].to_csv(tmp, index=False)
-    return path
-
-
-def check_budgets(budgets: Sequence[int], n_transit: int) -> list[int]:
-    bad = [b for b in budgets if not (isinstance(b, (int, np.integer)) and 1 <= b < n_transit)]
-    if bad or not budgets:
-        raise ValueError(f"budgets must be transitions kept in 1..{n_transit - 1} (n_transit {n_transit}), "
-                         f"got {list(budgets)}")
-    return [int(b) for b in budgets]
-
-
 def _check_protocol(rows: list[dict], path: Path, reduced: dict[str, Protocol], full: Protocol) -> None:
     """Raise if a finished row was made with another (tasks, episodes, contexts) than this study would use."""
     for r in rows:
@@ -275,90 +216,58 @@ def _check_protocol(rows: list[dict], path: Path, reduced: dict[str, Protocol], 
                              "remove the file or pass another out=")
 
 
-def training_free_study(run_dir: str | Path, compressors: Sequence[str] | None = None,
-                        budgets: Sequence[int] = (40, 20, 10, 5), seeds: Sequence[int] = (0, 1, 2),
-                        episodes: int | None = None, decisions: int = 16,
-                        reduced: dict[str, Protocol] | None = None, out: str | Path | None = None,
-                        progress: bool = True) -> pd.DataFrame:
+def training_free_study(run: Run, compressors: Sequence[str] | None = None, budgets: Sequence[int] | None = None,
+                        seeds: Sequence[int] | None = None, reduced: dict[str, Protocol] | None = None,
+                        out: str | Path | None = None, progress: bool = True) -> pd.DataFrame:
     """Run (or resume) the training-free study of a run; returns the whole table.
 
-    Args:
-        run_dir: a run of notebook 01 / ``adkit train`` (``model.safetensors``, ``config.yaml``).
-        compressors: registry names (default :func:`study_compressors`); the baselines
-            ``none`` and ``full`` (budget ``n_transit``) are always added.
-        budgets: transitions kept, each in ``1 .. n_transit - 1``.
-        seeds: evaluation seeds; each is one stream per held-out task.
-        episodes: episodes per rollout (default: the run's ``eval.episodes``).
-        decisions: decision steps per stream at which contexts are recorded for agreement / KL.
-        reduced: cheaper protocols per compressor (default :data:`REDUCED`).
-        out: the table (default ``RUN/study/training_free.csv``); finished cells in it are
-            kept, not recomputed; rows made with another protocol raise ``ValueError``.
+    Sized by the run's ``study`` config unless given: ``compressors`` (registry names; default
+    ``study.compressors`` or every strategy; the baselines ``none`` and ``full``, budget
+    ``n_transit``, are always added), ``budgets`` (transitions kept; default ``study.budgets``
+    as fractions of ``n_transit``), ``seeds`` (evaluation seeds; default ``range(study.seeds)``),
+    ``study.episodes`` per rollout and ``study.decisions`` recorded decisions per stream for
+    agreement and KL. ``reduced``: cheaper protocols per compressor (default :data:`REDUCED`).
+    ``out``: the table (default ``RUN/study/training_free.csv``); finished cells in it are kept,
+    not recomputed; rows made with another protocol raise ``ValueError``.
     """
-    from adkit.model import load
-    from adkit.pipeline import run_config
-
-    run_dir = Path(run_dir)
-    cfg = run_config(run_dir)
-    model = load(run_dir)
+    cfg, st = run.cfg, run.cfg.study
+    model = load(run.require(run.weights, "train"))
     n = model.cfg.n_transit
-    names = list(dict.fromkeys(compressors or study_compressors()))
-    unknown = [c for c in names if c not in compress.COMPRESSORS]
-    if unknown:
-        raise ValueError(f"unknown compressors {unknown}; known: {', '.join(compress.COMPRESSORS)}")
-    names = [c for c in names if c not in BASELINES]
-    budgets = check_budgets(budgets, n)
-    episodes = episodes or cfg.eval.episodes
+    names = [c for c in check_names(compressors or st.compressors or study_compressors()) if c not in BASELINES]
+    budgets = check_budgets(list(budgets) if budgets else st.transitions(st.budgets, n), n)
+    seeds = list(seeds) if seeds is not None else list(range(st.seeds))
+    episodes = st.episodes or cfg.eval.episodes
     reduced = REDUCED if reduced is None else reduced
-    _, tasks = envs.task_split(cfg.env.name, cfg.env.split_seed, cfg.env.train_ratio)
-    path = Path(out) if out else run_dir / "study" / TABLE
-    rows = read_table(path).to_dict("records")
-    steps = decision_steps(n, episodes * envs.spec(cfg.env.name).horizon, decisions)
-    _check_protocol(rows, path, reduced, Protocol(len(tasks), episodes, len(tasks) * len(steps)))
+    tasks = run.test_tasks
+    path = Path(out) if out else run.study / TABLE
+    steps = decision_steps(n, episodes * envs.spec(cfg.env.name).horizon, st.decisions)
+    _check_protocol(read_table(path, COLUMNS).to_dict("records"), path, reduced,
+                    Protocol(len(tasks), episodes, len(tasks) * len(steps)))
     cells = [(s, c, b) for i, s in enumerate(seeds) for c in [*BASELINES, *names]
              if i < (reduced.get(c, Protocol()).seeds or len(seeds))
              for b in ([n] if c in BASELINES else budgets)]
-    done = {(int(r["seed"]), r["compressor"], int(r["budget"])) for r in rows}
-    todo = [cell for cell in cells if cell not in done]
-    bar = tqdm(total=len(cells), initial=len(cells) - len(todo), desc="training-free study", disable=not progress)
-    for seed, group in itertools.groupby(todo, key=lambda cell: cell[0]):
-        ref = reference(model, cfg.env.name, tasks, seed, episodes, decisions)
-        for _, name, budget in group:
-            bar.set_postfix_str(f"{name} @ {budget}, seed {seed}")
-            rows.append(run_cell(model, cfg.env.name, tasks, ref, name, budget, seed, reduced.get(name, Protocol())))
-            write_table(pd.DataFrame(rows, columns=COLUMNS), path)
-            bar.update()
-    bar.close()
-    return read_table(path)
+    refs: dict[int, Reference] = {}  # the latest seed's reference (cells come seed by seed)
+
+    def compute(seed: int, name: str, budget: int) -> dict:
+        if seed not in refs:
+            refs.clear()
+            refs[seed] = reference(model, cfg.env.name, tasks, seed, episodes, st.decisions)
+        return run_cell(model, cfg.env.name, tasks, refs[seed], name, budget, seed, reduced.get(name, Protocol()))
+
+    return run_cells(path, COLUMNS, cells, lambda r: (int(r["seed"]), r["compressor"], int(r["budget"])), compute,
+                     desc="training-free study", progress=progress)
 
 
 # ---- summaries ---------------------------------------------------------------------------------------
 
 
-def summary_table(df: pd.DataFrame) -> pd.DataFrame:
-    """Per compressor x budget: means (and std over seeds) of return, share of the full-context
-    return (on the same protocol), agreement, KL and cost; baselines first, then by budget
-    (largest first) and share (best first)."""
-    df = df.assign(share=df["return"] / df["full_return"].where(df["full_return"] > 0))
-    g = df.groupby(["compressor", "budget"])
-    out = g.agg(seeds=("seed", "nunique"), tasks=("tasks", "first"), episodes=("episodes", "first"),
-                return_mean=("return", "mean"), return_std=("return", "std"), share_mean=("share", "mean"),
-                share_std=("share", "std"), agreement=("agreement", "mean"), kl=("kl", "mean"),
-                context_tokens=("context_tokens", "mean"), rollout_step_ms=("rollout_step_ms", "mean"),
-                decision_ms=("decision_ms", "mean"), peak_mem_mb=("peak_mem_mb", "mean"), note=("note", "first"))
-    out = out.reset_index().fillna({"return_std": 0.0, "share_std": 0.0})
-    out["rank"] = [BASELINES.index(c) if c in BASELINES else len(BASELINES) for c in out["compressor"]]
-    out = out.sort_values(["rank", "budget", "share_mean"], ascending=[True, False, False])
-    return out.drop(columns="rank").reset_index(drop=True)
-
-
 def markdown_summary(df: pd.DataFrame) -> str:
     """The summary as a markdown table: mean ± std over seeds, share of the full-context return."""
     s = summary_table(df)
-    pm = lambda m, sd, fmt: f"{m:{fmt}} ± {sd:{fmt}}"  # noqa: E731
     view = pd.DataFrame({
         "compressor": s["compressor"], "budget": s["budget"], "seeds": s["seeds"],
-        "return": [pm(m, sd, ".2f") for m, sd in zip(s["return_mean"], s["return_std"])],
-        "share of full": [pm(100 * m, 100 * sd, ".0f") + " %" for m, sd in zip(s["share_mean"], s["share_std"])],
+        "return": [plus_minus(m, sd, ".2f") for m, sd in zip(s["return_mean"], s["return_std"])],
+        "share of full": [plus_minus(100 * m, 100 * sd, ".0f") + " %" for m, sd in zip(s["share_mean"], s["share_std"])],
         "agreement": s["agreement"], "KL": s["kl"], "tokens": s["context_tokens"],
         "decision ms": s["decision_ms"], "step ms": s["rollout_step_ms"], "peak MB": s["peak_mem_mb"],
         "protocol": [f"{t} tasks x {e} ep; {note}" for t, e, note in zip(s["tasks"], s["episodes"], s["note"])],
@@ -368,13 +277,10 @@ def markdown_summary(df: pd.DataFrame) -> str:
 
 def write_outputs(df: pd.DataFrame, out_dir: str | Path) -> tuple[Path, Path]:
     """Write the markdown summary and the return-vs-budget figure into ``out_dir``."""
-    from adkit.plots import save_png
-    from adkit.study_plots import plot_return_vs_budget
-
     out_dir = Path(out_dir)
     md = out_dir / SUMMARY
     write_text(md, f"# Training-free compression study\n\n{markdown_summary(df)}\n\n"
-                   "Share: return / full-context return on the same tasks and episodes (mean ± std over seeds). "
-                   "Peak MB: net tensor allocations during one decision (torch.profiler), plus the key/value "
-                   "cache for `none`.\n")
+                   "Share: return / full-context return on the same tasks and episodes (mean ± sample std over "
+                   "seeds). Peak MB: net tensor allocations during one decision (torch.profiler), plus the "
+                   "key/value cache for `none`.\n")
     return md, save_png(plot_return_vs_budget(df), out_dir / FIGURE)

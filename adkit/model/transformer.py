@@ -27,51 +27,18 @@ from __future__ import annotations
 
 import contextlib
 import math
-from dataclasses import dataclass
 from typing import Callable, Iterator
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from adkit.config import ModelConfig
 from adkit.envs import spec as env_spec
+from adkit.model.cache import KVCache
+from adkit.model.hooks import ActivationCache, HookPoint
 
-
-@dataclass
-class ModelConfig:
-    n_transit: int = 80  # transitions a decision attends to per layer (sliding attention window)
-    tf_n_embd: int = 32  # residual width
-    tf_n_layer: int = 4  # transformer blocks
-    tf_n_head: int = 4  # attention heads per block
-    tf_n_inner: int = 128  # MLP hidden width
-    tf_dropout: float = 0.1  # dropout on embeddings, residual branches and the MLP
-    tf_attn_dropout: float = 0.1  # dropout on attention weights
-    env: str = "darkroom"  # task family the model reads (fixes state and action vocabularies)
-    positions: str = "original"  # positions of a compressed context: "original" offsets or "renumber"
-    rope_base: float = 10000.0  # RoPE frequency base
-
-
-class HookPoint(nn.Identity):
-    """A named place in the forward pass; hooks attach here (TransformerLens style)."""
-
-    name: str = ""
-
-
-class ActivationCache(dict):
-    """Activations by hook name; ``cache["pattern", 2]`` means ``blocks.2.attn.hook_pattern``."""
-
-    ALIASES = {"pattern": "attn.hook_pattern", "resid_pre": "hook_resid_pre", "resid_post": "hook_resid_post"}
-
-    def __getitem__(self, key):
-        if isinstance(key, tuple):
-            short, layer = key
-            key = f"blocks.{layer}.{self.ALIASES.get(short, short)}"
-        return super().__getitem__(key)
-
-    def stack(self, short: str = "pattern") -> torch.Tensor:
-        """Stack one activation over layers: ``pattern`` -> ``(layer, batch, head, query, key)``."""
-        layers = sorted(int(k.split(".")[1]) for k in self if k.endswith(self.ALIASES.get(short, short)))
-        return torch.stack([self[short, layer] for layer in layers])
+POSITIONS = ("original", "renumber")
 
 
 def rope_angles(positions: torch.Tensor, dim: int, base: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -92,31 +59,6 @@ def window_mask(n_query: int, n_key: int, window: int, device=None) -> torch.Ten
     q = torch.arange(n_key - n_query, n_key, device=device)[:, None]
     k = torch.arange(n_key, device=device)[None, :]
     return (k <= q) & (k > q - window)
-
-
-class KVCache:
-    """Rolling key/value cache of the last ``window`` tokens for every layer.
-
-    Slots are a ring buffer; rotary positions are applied before caching, and
-    softmax is order-free, so the slot order never matters.
-    """
-
-    def __init__(self, n_layer: int, batch: int, n_head: int, head_dim: int, window: int, device=None):
-        shape = (batch, n_head, window, head_dim)
-        self.k = [torch.zeros(shape, device=device) for _ in range(n_layer)]
-        self.v = [torch.zeros(shape, device=device) for _ in range(n_layer)]
-        self.window, self.length = window, 0  # tokens written so far
-
-    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Write one token's k, v (B, H, 1, dh); return all slots and a (1, window) validity mask."""
-        slot = self.length % self.window
-        self.k[layer][:, :, slot] = k[:, :, 0]
-        self.v[layer][:, :, slot] = v[:, :, 0]
-        valid = torch.arange(self.window, device=k.device)[None, :] < min(self.length + 1, self.window)
-        return self.k[layer], self.v[layer], valid
-
-    def advance(self) -> None:
-        self.length += 1
 
 
 class Attention(nn.Module):
@@ -165,12 +107,13 @@ class Block(nn.Module):
 class ADTransformer(nn.Module):
     """Causal sliding-window transformer mapping a history to next-action logits."""
 
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, env: str = "darkroom", positions: str = "original"):
         super().__init__()
-        if cfg.positions not in ("original", "renumber"):
-            raise ValueError(f"positions must be 'original' or 'renumber', got {cfg.positions!r}")
-        self.cfg = cfg
-        s = env_spec(cfg.env)
+        if positions not in POSITIONS:
+            raise ValueError(f"positions must be 'original' or 'renumber', got {positions!r}")
+        self.cfg, self.positions = cfg, positions  # positions: how a compressed context is numbered for this model
+        s = env_spec(env)
+        self.env = s.name  # task family the model reads (fixes state and action vocabularies)
         self.grid_size, self.n_actions = s.size, s.n_actions
         d = cfg.tf_n_embd
         # a position is embedded as row + column (per role), so "rewarded at row r" transfers to every
@@ -291,74 +234,3 @@ class ADTransformer(nn.Module):
         with self.hooks([(keep, save)]):
             logits = self(*args, **kwargs)
         return logits, cache
-
-
-# ---- checkpoints: safetensors weights + a readable JSON config; loading never unpickles -----
-WEIGHTS, MODEL_JSON, CKPT_FORMAT, CKPT_VERSION = "model.safetensors", "model.json", "adkit-model", 1
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be loaded; the message names the file and the fix."""
-
-
-def save(model: ADTransformer, run_dir) -> None:
-    """Write ``model.safetensors`` and ``model.json`` into ``run_dir`` atomically."""
-    import dataclasses
-    import json
-    from pathlib import Path
-
-    from safetensors.torch import save_file
-
-    from adkit.io import atomic_path, write_text
-
-    run_dir = Path(run_dir)
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    with atomic_path(run_dir / WEIGHTS) as tmp:
-        save_file(state, str(tmp))
-    meta = {"format": CKPT_FORMAT, "version": CKPT_VERSION, "model": dataclasses.asdict(model.cfg)}
-    write_text(run_dir / MODEL_JSON, json.dumps(meta, indent=2) + "\n")
-
-
-def load(path, device: str | torch.device = "cpu") -> ADTransformer:
-    """Load a model from a run directory (or its ``model.safetensors``), in eval mode.
-
-    Raises :class:`CheckpointError` (or ``FileNotFoundError``) with a clear message
-    for a missing, truncated, foreign or mismatched checkpoint.
-    """
-    import json
-    from pathlib import Path
-
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    path = Path(path)
-    run_dir = path.parent if path.suffix == ".safetensors" else path
-    weights, meta_file = run_dir / WEIGHTS, run_dir / MODEL_JSON
-    hint = "train one with `adkit train -c CONFIG --run-dir DIR` (or notebook 01_train)"
-    if not weights.exists() or not meta_file.exists():
-        raise FileNotFoundError(f"no checkpoint in {run_dir} (needs {WEIGHTS} and {MODEL_JSON}); {hint}")
-    try:
-        meta = json.loads(meta_file.read_text())
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{meta_file} is not valid JSON ({e}); {hint}") from None
-    if not isinstance(meta, dict) or meta.get("format") != CKPT_FORMAT:
-        raise CheckpointError(f"{meta_file} is not an adkit model file; {hint}")
-    if meta.get("version") != CKPT_VERSION:
-        raise CheckpointError(f"{meta_file} has format version {meta.get('version')}, this adkit reads "
-                              f"{CKPT_VERSION}; {hint}")
-    try:
-        cfg = ModelConfig(**meta["model"])
-    except TypeError as e:
-        raise CheckpointError(f"{meta_file}: model config does not match this adkit ({e})") from None
-    try:
-        state = load_file(str(weights), device=str(device))
-    except (SafetensorError, OSError) as e:
-        raise CheckpointError(f"{weights} is truncated or not a safetensors file ({e}); {hint}") from None
-    model = ADTransformer(cfg).to(device)
-    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    got = {k: tuple(v.shape) for k, v in state.items()}
-    if expected != got:
-        diff = sorted(k for k in expected.keys() | got.keys() if expected.get(k) != got.get(k))
-        raise CheckpointError(f"{weights} does not match the config in {meta_file}: tensors {diff[:5]} differ")
-    model.load_state_dict(state)
-    return model.eval()

@@ -6,7 +6,7 @@ import numpy as np
 
 from adkit.config import NoiseConfig, PSRLConfig, QLearningConfig
 from adkit.envs import GridVectorEnv
-from adkit.sources.base import linear
+from adkit.data.sources.base import linear
 
 
 class QLearner:

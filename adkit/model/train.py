@@ -14,7 +14,6 @@ own batches, rank 0 validates and writes.
 from __future__ import annotations
 
 import csv
-import dataclasses
 import json
 import math
 import os
@@ -22,7 +21,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -30,12 +28,15 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from adkit import envs
-from adkit.compress import Compressor
-from adkit.config import Config, TrainConfig, dump_config, load_config
-from adkit.context import build, compress_window
-from adkit.histories import Histories, WindowSampler
+from adkit.compress.context import build, compress_window
+from adkit.compress.strategies import Compressor
+from adkit.config import Config, TrainConfig, changed_fields, dump_config, load_config
+from adkit.data.histories import Histories, WindowSampler
+from adkit.data.tokens import Tokens
 from adkit.io import atomic_path, write_text
-from adkit.model import ADTransformer, load, save
+from adkit.model.checkpoint import load, save
+from adkit.model.transformer import ADTransformer
+from adkit.run import Run
 
 LOG_FIELDS = ["step", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "seconds"]
 
@@ -43,20 +44,9 @@ LOG_FIELDS = ["step", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "s
 def seq_len(cfg: Config) -> int:
     """Transitions per training sequence (the last-position loss and compressed windows
     always use ``n_transit``: one decision's context)."""
-    if cfg.train.loss == "last" or cfg.train.compressor != "none":
+    if cfg.train.loss == "last" or cfg.compress.strategy != "none":
         return cfg.model.n_transit
     return cfg.train.seq_len or 2 * cfg.model.n_transit
-
-
-def split_batch(batch: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-    """Sampled ``L + 1`` transitions -> model inputs for ``L`` tokens and their action targets.
-
-    Token k is transition k plus the next decision's state ``q_k = s_{k+1}``; its
-    target is that decision's action ``a_{k+1}``.
-    """
-    inputs = {k: batch[k][:, :-1] for k in ("states", "actions", "rewards", "next_states", "positions")}
-    inputs["queries"] = batch["states"][:, 1:]  # (B, L, 2)
-    return inputs, batch["actions"][:, 1:].long()  # (B, L)
 
 
 def loss_and_accuracy(logits: torch.Tensor, targets: torch.Tensor, mode: str, smoothing: float = 0.0):
@@ -101,55 +91,49 @@ def samplers(cfg: Config, h: Histories, rank: int = 0) -> tuple[WindowSampler, W
 
 
 def window_compressor(cfg: Config, scorer=None, **kw) -> Compressor | None:
-    """The compressor of ``train.compressor`` at ``train.budget`` (``None`` for full windows);
+    """The compressor of ``compress.strategy`` at ``compress.budget`` (``None`` for full windows);
     ``kw`` go to its constructor (e.g. the ``profile`` rule)."""
-    t = cfg.train
-    if t.compressor == "none":
+    c = cfg.compress
+    if c.strategy == "none":
         return None
-    if t.compressor in ("full", "oracle"):
-        raise ValueError(f"train.compressor {t.compressor!r} cannot compress training windows; use 'none' for "
+    if c.strategy in ("full", "oracle"):
+        raise ValueError(f"compress.strategy {c.strategy!r} cannot compress training windows; use 'none' for "
                          "full windows or a strategy of adkit.compress")
-    if not 1 <= t.budget < cfg.model.n_transit:
-        raise ValueError(f"train.budget must be 1..{cfg.model.n_transit - 1} transitions with train.compressor "
-                         f"{t.compressor!r}, got {t.budget}")
-    compressor = build(t.compressor, t.budget, scorer, cfg.env.name, **kw)
+    if not 1 <= c.budget < cfg.model.n_transit:
+        raise ValueError(f"compress.budget must be 1..{cfg.model.n_transit - 1} transitions with compress.strategy "
+                         f"{c.strategy!r}, got {c.budget}")
+    compressor = build(c.strategy, c.budget, scorer, cfg.env.name, **kw)
     if compressor.needs_attention and scorer is None:
-        raise ValueError(f"train.compressor {t.compressor!r} scores transitions by attention: pass scorer= (the "
+        raise ValueError(f"compress.strategy {c.strategy!r} scores transitions by attention: pass scorer= (the "
                          "full-context model whose attention picks what each window keeps)")
     return compressor
 
 
-# Config keys (prefixes) that may differ when a run is resumed: they do not change what is trained.
-RESUMABLE_CHANGES = ("profile", "eval.", "train.steps", "train.threads", "train.val_every")
-
-
-def check_resumable(run_dir: Path, cfg: Config) -> None:
-    """Refuse to resume ``run_dir`` with a config that trains something else than it did."""
-    old, new = (pd.json_normalize(c.to_dict()).iloc[0].to_dict() for c in (load_config(run_dir / "config.yaml"), cfg))
-    changed = sorted(k for k in old.keys() | new.keys()
-                     if old.get(k) != new.get(k) and not k.startswith(RESUMABLE_CHANGES))
+def check_resumable(run: Run) -> None:
+    """Refuse to resume ``run`` with a config that trains something else than it did."""
+    changed = changed_fields(load_config(run.config_file), run.cfg)
     if changed:
-        diff = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed)
-        raise ValueError(f"{run_dir} holds a run trained with another config ({diff}); resume it with its own "
-                         f"config ({run_dir / 'config.yaml'}) or train into a new run directory")
+        raise ValueError(f"{run.dir} holds a run trained with another config ({', '.join(changed)}); resume it "
+                         f"with its own config ({run.config_file}) or train into a new run directory")
 
 
 class Trainer:
     """Owns the model, optimizer, samplers and run directory of one training run.
 
-    With ``train.compressor`` every training and validation window is compressed to
-    ``train.budget`` earlier transitions by :func:`adkit.context.compress_window`, the
+    With ``compress.strategy`` every training and validation window is compressed to
+    ``compress.budget`` earlier transitions by :func:`adkit.compress.context.compress_window`, the
     same selection a compressed rollout makes; attention-based strategies score with
     ``scorer`` (a fixed, full-context model), and ``compressor_kw`` go to the strategy.
     """
 
-    def __init__(self, cfg: Config, h: Histories, run_dir: str | Path, progress: bool = True, scorer=None,
+    def __init__(self, run: Run, h: Histories, progress: bool = True, scorer=None,
                  compressor_kw: dict | None = None):
+        cfg = run.cfg
         if envs.spec(h.env).name != envs.spec(cfg.env.name).name:
             raise ValueError(f"histories are for {h.env!r} but the config trains {cfg.env.name!r}")
         if cfg.train.loss not in ("all", "last"):
             raise ValueError(f"train.loss must be 'all' or 'last', got {cfg.train.loss!r}")
-        self.cfg, self.t, self.run_dir, self.progress = cfg, cfg.train, Path(run_dir), progress
+        self.run, self.cfg, self.t, self.run_dir, self.progress = run, cfg, cfg.train, run.dir, progress
         self.compressor, self.scorer = window_compressor(cfg, scorer, **(compressor_kw or {})), scorer
         self.compress_rng = torch.Generator().manual_seed(cfg.train.seed)  # random / exponential strategies
         self.ddp = int(os.environ.get("WORLD_SIZE", "1")) > 1
@@ -161,26 +145,26 @@ class Trainer:
         if self.t.threads:
             torch.set_num_threads(self.t.threads)
         torch.manual_seed(self.t.seed)  # identical initial weights on every rank
-        self.model = ADTransformer(dataclasses.replace(cfg.model, env=envs.spec(cfg.env.name).name)).to(self.device)
+        self.model = ADTransformer(cfg.model, cfg.env.name, cfg.compress.positions).to(self.device)
         self.net = (torch.nn.parallel.DistributedDataParallel(self.model) if self.ddp else self.model)
         self.opt = make_optimizer(self.model, self.t)
         self.train_sampler, self.val_sampler = samplers(cfg, h, self.rank)
         self.step, self.seconds = 0, 0.0
-        if (self.run_dir / "train_state.json").exists():
-            check_resumable(self.run_dir, cfg)
+        if run.train_state_json.exists():
+            check_resumable(run)
         if self.rank == 0:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            write_text(self.run_dir / "config.yaml", dump_config(cfg))
+            write_text(run.config_file, dump_config(cfg))
         self._maybe_resume()
 
     # ---- state ------------------------------------------------------------------------------------
     def _maybe_resume(self) -> None:
-        meta_file = self.run_dir / "train_state.json"
+        meta_file = self.run.train_state_json
         if not meta_file.exists():
             return
         meta = json.loads(meta_file.read_text())
         self.model.load_state_dict(load(self.run_dir).state_dict())
-        tensors = load_file(str(self.run_dir / "train_state.safetensors"))
+        tensors = load_file(str(self.run.train_state))
         torch.set_rng_state(tensors.pop("torch_rng"))
         self.compress_rng.set_state(tensors.pop("compress_rng"))
         state = {int(k.split(".")[0]): {} for k in tensors}
@@ -200,36 +184,36 @@ class Trainer:
         tensors = {f"{i}.{name}": v.detach().cpu().contiguous() for i, s in opt["state"].items() for name, v in s.items()}
         tensors["torch_rng"] = torch.get_rng_state()  # dropout noise continues where it stopped
         tensors["compress_rng"] = self.compress_rng.get_state()
-        with atomic_path(self.run_dir / "train_state.safetensors") as tmp:
+        with atomic_path(self.run.train_state) as tmp:
             save_file(tensors, str(tmp))
         meta = {"step": self.step, "seconds": self.seconds, "param_groups": opt["param_groups"],
                 "sampler_rng": [self.train_sampler.rng.bit_generator.state]}
-        write_text(self.run_dir / "train_state.json", json.dumps(meta))
+        write_text(self.run.train_state_json, json.dumps(meta))
 
     # ---- loop -------------------------------------------------------------------------------------
-    def batch(self, sampler: WindowSampler):
-        """One batch of model inputs and targets from ``sampler``, compressed if the run compresses."""
-        size = (self.t.compressed_batch or self.t.batch_size) if self.compressor is not None else self.t.batch_size
-        inputs, targets = split_batch(sampler.sample(size))
+    def batch(self, sampler: WindowSampler) -> Tokens:
+        """One batch of tokens with targets from ``sampler``, compressed if the run compresses."""
+        size = (self.cfg.compress.batch or self.t.batch_size) if self.compressor is not None else self.t.batch_size
+        tokens = Tokens.from_transitions(sampler.sample(size))
         if self.compressor is not None:
-            inputs, targets = compress_window(self.compressor, inputs, targets, self.cfg.model.positions,
-                                              self.scorer, self.compress_rng)
-        return {k: v.to(self.device) for k, v in inputs.items()}, targets.to(self.device)
+            tokens = compress_window(self.compressor, tokens, self.cfg.compress.positions, self.scorer,
+                                     self.compress_rng)
+        return tokens.to(self.device)
 
     @torch.no_grad()
     def validate(self) -> tuple[float, float]:
         self.model.eval()
         losses, accs = [], []
         for _ in range(self.t.val_batches):
-            inputs, targets = self.batch(self.val_sampler)
-            loss, acc = loss_and_accuracy(self.model(**inputs), targets, self.t.loss)
+            tokens = self.batch(self.val_sampler)
+            loss, acc = loss_and_accuracy(self.model(**tokens), tokens.targets, self.t.loss)
             losses.append(loss.item())
             accs.append(acc.item())
         self.model.train()
         return float(np.mean(losses)), float(np.mean(accs))
 
     def _log(self, row: dict) -> None:
-        path = self.run_dir / "train_log.csv"
+        path = self.run.train_log
         new = not path.exists()
         with path.open("a", newline="") as f:
             w = csv.DictWriter(f, LOG_FIELDS)
@@ -237,7 +221,7 @@ class Trainer:
                 w.writeheader()
             w.writerow(row)
 
-    def run(self, time_budget_s: float = 0.0, until: int | None = None) -> Path:
+    def fit(self, time_budget_s: float = 0.0, until: int | None = None) -> Path:
         """Train until ``train.steps`` (or ``time_budget_s`` seconds, if given); returns the run dir.
 
         With a time budget the learning-rate schedule follows whichever of steps
@@ -259,8 +243,8 @@ class Trainer:
             lr = lr_at(progress, self.t, self.step)
             for group in self.opt.param_groups:
                 group["lr"] = lr
-            inputs, targets = self.batch(self.train_sampler)
-            loss, acc = loss_and_accuracy(self.net(**inputs), targets, self.t.loss, self.t.label_smoothing)
+            tokens = self.batch(self.train_sampler)
+            loss, acc = loss_and_accuracy(self.net(**tokens), tokens.targets, self.t.loss, self.t.label_smoothing)
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.t.grad_clip)
@@ -294,16 +278,16 @@ def replica_checksum(model: torch.nn.Module) -> float:
     return float(sum(p.detach().double().sum() for p in model.parameters()))
 
 
-def train(cfg: Config, h: Histories, run_dir: str | Path, progress: bool = True, time_budget_s: float = 0.0,
+def train(run: Run, h: Histories, progress: bool = True, time_budget_s: float = 0.0,
           until: int | None = None, scorer=None) -> Path:
-    """Train (or resume) a run; under torchrun also records every replica's checksum.
-    ``scorer``: the full-context model an attention-scored ``train.compressor`` scores with."""
-    trainer = Trainer(cfg, h, run_dir, progress=progress, scorer=scorer)
-    trainer.run(time_budget_s, until)
+    """Train (or resume) ``run``; under torchrun also records every replica's checksum.
+    ``scorer``: the full-context model an attention-scored ``compress.strategy`` scores with."""
+    trainer = Trainer(run, h, progress=progress, scorer=scorer)
+    trainer.fit(time_budget_s, until)
     if trainer.ddp:
         sums = [None] * dist.get_world_size()
         dist.all_gather_object(sums, replica_checksum(trainer.model))
         if trainer.rank == 0:
-            write_text(Path(run_dir) / "replicas.json", json.dumps({"checksums": sums}) + "\n")
+            write_text(run.dir / "replicas.json", json.dumps({"checksums": sums}) + "\n")
         dist.destroy_process_group()
-    return Path(run_dir)
+    return run.dir

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from adkit.config import CollectConfig
+from adkit.data.loop import Learner
+from adkit.data.sources.ppo import PPOLearner
+from adkit.data.sources.tabular import NoiseLearner, PosteriorSampler, QLearner
 from adkit.envs import GridVectorEnv
-from adkit.sources.base import Learner, record
-from adkit.sources.tabular import NoiseLearner, PosteriorSampler, QLearner
 
 SOURCES = ("ppo", "qlearning", "noise", "psrl")
 
@@ -13,8 +14,6 @@ SOURCES = ("ppo", "qlearning", "noise", "psrl")
 def make_learner(env: GridVectorEnv, cfg: CollectConfig) -> Learner:
     """The learner named by ``cfg.source``, built for every sub-env of ``env``."""
     if cfg.source == "ppo":
-        from adkit.sources.ppo import PPOLearner  # torch-heavy; imported on demand
-
         return PPOLearner(env, cfg.ppo, cfg.steps, cfg.seed)
     if cfg.source == "qlearning":
         return QLearner(env, cfg.qlearning, cfg.steps, cfg.seed)
@@ -25,4 +24,4 @@ def make_learner(env: GridVectorEnv, cfg: CollectConfig) -> Learner:
     raise ValueError(f"unknown source {cfg.source!r}; choose one of {SOURCES}")
 
 
-__all__ = ["SOURCES", "Learner", "make_learner", "record"]
+__all__ = ["SOURCES", "make_learner"]

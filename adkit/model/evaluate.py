@@ -28,14 +28,34 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
-from tqdm.auto import tqdm
 
 from adkit import envs
-from adkit.context import compressed_logits
+from adkit.compress.context import compressed_logits
+from adkit.data.loop import record
+from adkit.data.tokens import Tokens
 from adkit.io import atomic_path
+from adkit.run import Run
 
 CSV_FIELDS = ["task", "seed", "episode", "return", "optimal"]
+
+
+class Trajectories:
+    """Every transition of every evaluation stream so far, as tensors, for contexts at any decision."""
+
+    def __init__(self, n: int, steps: int):
+        self.states = torch.zeros(n, steps + 1, 2, dtype=torch.long)  # s_0..s_T (the last is the query)
+        self.actions = torch.zeros(n, steps, dtype=torch.long)
+        self.rewards = torch.zeros(n, steps)
+        self.next_states = torch.zeros(n, steps, 2, dtype=torch.long)
+
+    def window(self, t: int, size: int) -> Tokens:
+        """The context of decision ``t``: tokens of the last ``size`` transitions before it ``(B, L, ·)``."""
+        lo = max(0, t - size)
+        return Tokens(states=self.states[:, lo:t], actions=self.actions[:, lo:t], rewards=self.rewards[:, lo:t],
+                      next_states=self.next_states[:, lo:t], queries=self.states[:, lo + 1:t + 1],
+                      positions=torch.arange(lo, t).expand(self.actions.shape[0], t - lo))
 
 
 @dataclass
@@ -46,7 +66,7 @@ class RolloutResult:
     optimal: np.ndarray  # (n_tasks,) optimal return of each task
     seconds: float  # wall-clock of the rollout
     steps: int  # environment steps per stream
-    history: History | None = None  # every transition of every stream (contexts at any decision)
+    trajectories: Trajectories | None = None  # every transition of every stream (contexts at any decision)
 
     def rows(self) -> list[dict]:
         """Tidy rows ``task, seed, episode, return, optimal`` (episodes counted from 1)."""
@@ -67,31 +87,50 @@ class RolloutResult:
         return path
 
 
-class History:
-    """Every transition of every stream so far, as tensors, for windowed re-encoding."""
-
-    def __init__(self, n: int, steps: int):
-        self.states = torch.zeros(n, steps + 1, 2, dtype=torch.long)  # s_0..s_T (the last is the query)
-        self.actions = torch.zeros(n, steps, dtype=torch.long)
-        self.rewards = torch.zeros(n, steps)
-        self.next_states = torch.zeros(n, steps, 2, dtype=torch.long)
-
-    def window(self, t: int, size: int) -> dict[str, torch.Tensor]:
-        """Model inputs for the last ``size`` transitions before decision ``t`` (tokens (B, L, ·))."""
-        lo = max(0, t - size)
-        return {"states": self.states[:, lo:t], "actions": self.actions[:, lo:t], "rewards": self.rewards[:, lo:t],
-                "next_states": self.next_states[:, lo:t], "queries": self.states[:, lo + 1:t + 1],
-                "positions": torch.arange(lo, t).expand(self.actions.shape[0], t - lo)}
-
-
 def check_model_for(model, env_name: str, context: int | None = None) -> None:
     """Fail with a message (not a shape error) if ``model`` cannot run ``env_name`` at ``context``."""
-    want, have = envs.spec(env_name).name, envs.spec(model.cfg.env).name
-    if want != have:
-        raise ValueError(f"this checkpoint was trained on {have!r}; it cannot be evaluated on {want!r}")
+    want = envs.spec(env_name).name
+    if want != model.env:
+        raise ValueError(f"this checkpoint was trained on {model.env!r}; it cannot be evaluated on {want!r}")
     if context is not None and context > model.cfg.n_transit:
         raise ValueError(f"context {context} is longer than the {model.cfg.n_transit} transitions the model "
                          f"attends to (n_transit); retrain with a larger n_transit")
+
+
+class ModelLearner:
+    """The model acting in context in :func:`adkit.data.loop.record`: each decision sees what the
+    streams did so far through the rolling cache, a re-encoded window, or a compressed window."""
+
+    def __init__(self, model, n: int, steps: int, n_actions: int, generator: torch.Generator, greedy: bool,
+                 backend: str, size: int, compressor, scorer):
+        self.model, self.gen, self.greedy, self.n_actions = model, generator, greedy, n_actions
+        self.backend, self.size, self.compressor, self.scorer = backend, size, compressor, scorer
+        self.traj, self.cache = Trajectories(n, steps), model.new_cache(n)
+
+    def logits(self, t: int) -> torch.Tensor:
+        """``(n, A)`` action logits of decision ``t`` (t >= 1)."""
+        tr = self.traj
+        if self.compressor is not None:
+            return compressed_logits(self.model, tr.window(t, self.size), self.compressor, self.gen, self.scorer)[0]
+        if self.backend == "cache":
+            return self.model.step(self.cache, tr.states[:, t - 1], tr.actions[:, t - 1], tr.rewards[:, t - 1],
+                                   tr.next_states[:, t - 1], tr.states[:, t])
+        return self.model(**tr.window(t, self.size))[:, -1]
+
+    def act(self, obs: np.ndarray, t: int) -> np.ndarray:
+        self.traj.states[:, t] = torch.from_numpy(obs)
+        n = obs.shape[0]
+        if t == 0:  # nothing to condition on yet: uniform, as a fresh source learner would
+            return torch.randint(0, self.n_actions, (n,), generator=self.gen).numpy()
+        logits = self.logits(t)
+        if self.greedy:
+            return logits.argmax(-1).numpy()
+        return torch.multinomial(logits.softmax(-1), 1, generator=self.gen)[:, 0].numpy()
+
+    def observe(self, obs, actions, rewards, next_obs, dones, reset_obs, t: int) -> None:
+        tr = self.traj
+        tr.actions[:, t], tr.rewards[:, t] = torch.from_numpy(actions), torch.from_numpy(rewards)
+        tr.next_states[:, t] = torch.from_numpy(next_obs)
 
 
 @torch.no_grad()
@@ -113,33 +152,31 @@ def rollout(model, env_name: str, tasks, seeds=(0, 1, 2), episodes: int = 50, gr
     env = envs.make(env_name, tasks, streams=len(seeds))
     n, steps = env.num_envs, episodes * env.spec_.horizon
     gen = torch.Generator().manual_seed(int(np.random.SeedSequence(seeds).generate_state(1)[0]))
-    hist, cache = History(n, steps), model.new_cache(n)
-    size = context or model.cfg.n_transit
-    rewards = np.zeros((n, steps), dtype=np.float32)
-    obs, _ = env.reset(seed=seeds[0])
+    learner = ModelLearner(model, n, steps, env.spec_.n_actions, gen, greedy, backend,
+                           context or model.cfg.n_transit, compressor, scorer)
     t0 = time.perf_counter()
-    for t in tqdm(range(steps), desc="evaluate", disable=not progress, mininterval=1.0):
-        hist.states[:, t] = torch.from_numpy(obs)
-        if t == 0:
-            actions = torch.randint(0, env.spec_.n_actions, (n,), generator=gen)
-        else:
-            if compressor is not None:
-                logits, _ = compressed_logits(model, hist.window(t, size), compressor, gen, scorer)  # (n, A)
-            elif backend == "cache":
-                logits = model.step(cache, hist.states[:, t - 1], hist.actions[:, t - 1], hist.rewards[:, t - 1],
-                                    hist.next_states[:, t - 1], hist.states[:, t])  # (n, A)
-            else:
-                logits = model(**hist.window(t, size))[:, -1]  # (n, A)
-            actions = logits.argmax(-1) if greedy else torch.multinomial(logits.softmax(-1), 1, generator=gen)[:, 0]
-        obs, r, _, _, info = env.step(actions.numpy())
-        nxt = np.where(info["_final_obs"][:, None], info["final_obs"], obs) if "final_obs" in info else obs
-        hist.actions[:, t], hist.rewards[:, t] = actions, torch.from_numpy(r)
-        hist.next_states[:, t] = torch.from_numpy(nxt)
-        rewards[:, t] = r
+    rewards = record(env, learner, steps, seed=seeds[0], progress=progress, desc="evaluate")["rewards"]  # (n, steps)
     seconds = time.perf_counter() - t0
     returns = rewards.reshape(len(tasks), len(seeds), episodes, env.spec_.horizon).sum(-1)
     optimal = np.array([envs.optimal_return(env_name, t) for t in tasks])
-    return RolloutResult(returns, tasks, seeds, optimal, seconds, steps, hist)
+    return RolloutResult(returns, tasks, seeds, optimal, seconds, steps, learner.traj)
+
+
+def evaluate_run(run: Run, model, progress: bool = True) -> RolloutResult:
+    """Let ``model`` learn in context on the run's held-out tasks with ``run.cfg.eval``; writes
+    ``eval/returns.csv``."""
+    e = run.cfg.eval
+    res = rollout(model, run.cfg.env.name, run.test_tasks, seeds=range(e.seeds), episodes=e.episodes,
+                  greedy=e.greedy, progress=progress)
+    res.write_csv(run.returns)
+    return res
+
+
+def seed_table(results: dict[int, RolloutResult]) -> pd.DataFrame:
+    """One row of :func:`summary` per training seed, plus a ``mean`` and a ``std`` row (sample std, ddof=1)."""
+    table = pd.DataFrame([{"seed": seed, **summary(res)} for seed, res in results.items()]).set_index("seed")
+    numbers = table.astype(float)
+    return pd.concat([table, numbers.mean().to_frame("mean").T, numbers.std(ddof=1).to_frame("std").T])
 
 
 def summary(res: RolloutResult, last: int = 10) -> dict:

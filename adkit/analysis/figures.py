@@ -20,15 +20,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
+import ipywidgets as w
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from adkit.attention import AttentionRecord
-from adkit.insights import AblationResult, episode_profile, layer_stats
-from adkit.metrics import attention_rollout, stats_table
+from adkit.analysis.attention import AttentionRecord
+from adkit.analysis.insights import AblationResult, episode_profile, layer_stats
+from adkit.analysis.metrics import attention_rollout, stats_table
 from adkit.plots import widget_panel
 
 CMAP = "Reds"  # the original's heatmap colours
@@ -389,8 +390,6 @@ def explorer(record: AttentionRecord, layer: int | None = None, head: int = -1, 
     Returns ``(box, draw)`` as :func:`adkit.plots.widget_panel` does (the sliders are
     ``draw.widgets``). Moving a slider redraws and shows the figure; no model is run.
     """
-    import ipywidgets as w
-
     layer = record.layers[-1] if layer is None else layer
     steps = [str(record.samples["decision"][b]) for b in record.trajectory(0)]
     sliders = {

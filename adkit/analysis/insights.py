@@ -30,9 +30,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from adkit.attention import AttentionRecord
-from adkit.context import gather_tokens
-from adkit.metrics import (
+from adkit.analysis.attention import AttentionRecord, load_record
+from adkit.analysis.metrics import (
     attention_rollout,
     batched_attention_stats,
     episode_mass,
@@ -42,6 +41,10 @@ from adkit.metrics import (
     rewarded_mass,
     sink_mass,
 )
+from adkit.data.tokens import Tokens
+from adkit.io import write_text
+from adkit.model.checkpoint import load as load_model
+from adkit.run import Run
 
 RECENCY_RATIO = 2.0  # the original: recent/distant above this is "strong recency bias"
 SPREAD_RATIO = 1.2  # the original: recent/distant below this is "spread across history"
@@ -257,22 +260,21 @@ def report(record: AttentionRecord, stats: dict | None = None, recs: Sequence[Re
 # ---- the ablation check ------------------------------------------------------------------------------
 
 
-def drop_tokens(inputs: dict[str, torch.Tensor], drop: torch.Tensor, positions: str = "original"
-                ) -> dict[str, torch.Tensor]:
+def drop_tokens(inputs: Tokens, drop: torch.Tensor, positions: str = "original") -> Tokens:
     """Remove the context tokens at ``drop`` (B, k) (never the query, the last token) from inputs (B, T, ·)."""
-    B, T = inputs["actions"].shape
+    B, T = inputs.batch, inputs.length
     keep = torch.ones(B, T, dtype=torch.bool)
     keep[torch.arange(B)[:, None], drop] = False
     order = torch.argsort((~keep).int() * T + torch.arange(T), dim=1, stable=True)  # kept first, in order
-    return gather_tokens(inputs, order[:, : T - drop.shape[1]], positions)
+    return inputs.gather(order[:, : T - drop.shape[1]], renumber=positions == "renumber")
 
 
 @torch.no_grad()
-def query_log_probs(model, inputs: dict[str, torch.Tensor], batch_size: int = 512) -> torch.Tensor:
+def query_log_probs(model, inputs: Tokens, batch_size: int = 512) -> torch.Tensor:
     """Log-probabilities of the query's action (B, A), in chunks, on the model's fast path."""
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    out = [model(**{k: v[lo:lo + batch_size].to(device) for k, v in inputs.items()})[:, -1].float().cpu()
-           for lo in range(0, inputs["actions"].shape[0], batch_size)]
+    out = [model(**inputs.rows(slice(lo, lo + batch_size)).to(device))[:, -1].float().cpu()
+           for lo in range(0, inputs.batch, batch_size)]
     return torch.cat(out).log_softmax(-1)
 
 
@@ -348,10 +350,10 @@ def ablation_check(model, record: AttentionRecord, drop_counts: Sequence[int] | 
             leave-one-out importance (``loo_samples * (T-1)`` forward passes, batched).
         n_random: random drops per sample and count (averaged).
         positions: "original" (kept tokens keep their stream positions) or "renumber";
-            default the model's ``cfg.positions``.
+            default the model's ``positions``.
     """
     layer = record.layers[-1] if layer is None else layer
-    positions = positions or getattr(getattr(model, "cfg", None), "positions", "original")
+    positions = positions or getattr(model, "positions", "original")
     B, n = min(samples, record.n_samples), record.seq_len - 1
     drop_counts = default_drop_counts(n) if drop_counts is None else sorted(int(k) for k in drop_counts)
     if not drop_counts or drop_counts[0] < 1 or drop_counts[-1] >= n:
@@ -366,14 +368,14 @@ def ablation_check(model, record: AttentionRecord, drop_counts: Sequence[int] | 
         top = scores.topk(k, dim=1).indices  # (B, k)
         rand = torch.rand(B * n_random, n, generator=gen).argsort(1)[:, :k]  # (B*R, k) distinct random keys
         for name, drop, reps in (("attention", top, 1), ("random", rand, n_random)):
-            tiled = {key: v.repeat(reps, *(1,) * (v.dim() - 1)) for key, v in inputs.items()}  # (B*reps, T, ·)
+            tiled = Tokens.cat([inputs] * reps)  # (B*reps, T, ·)
             logq = query_log_probs(model, drop_tokens(tiled, drop, positions), batch_size)  # (B*reps, A)
             logp = full.repeat(reps, 1)
             kls[name].append(float(kl(logp, logq).mean()))
             agree[name].append(float((logp.argmax(-1) == logq.argmax(-1)).float().mean()))
 
     m = min(loo_samples, record.n_samples)
-    loo_inputs = {key: v[:m].repeat_interleave(n, 0) for key, v in record.inputs(np.arange(m)).items()}  # (m*n, T, ·)
+    loo_inputs = record.inputs(np.arange(m)).repeat_rows(n)  # (m*n, T, ·)
     one = torch.arange(n).repeat(m)[:, None]  # (m*n, 1): sample i drops key j at row i*n + j
     logq = query_log_probs(model, drop_tokens(loo_inputs, one, positions), batch_size)
     logp = query_log_probs(model, record.inputs(np.arange(m)), batch_size).repeat_interleave(n, 0)
@@ -493,8 +495,6 @@ def _json_safe(x):
 
 def write_insights(insights: Insights, out_dir: str | Path) -> tuple[Path, Path]:
     """``insights.md`` and ``insights.json`` in ``out_dir`` (atomic writes)."""
-    from adkit.io import write_text
-
     out_dir = Path(out_dir)
     md, js = out_dir / "insights.md", out_dir / "insights.json"
     write_text(md, insights.markdown())
@@ -502,13 +502,13 @@ def write_insights(insights: Insights, out_dir: str | Path) -> tuple[Path, Path]
     return md, js
 
 
-def analyze_run(run_dir: str | Path, source: str = "windows", ablation: bool = True, **ablation_kw) -> Insights:
-    """The insights stage: read ``RUN/attention/attention.h5`` and the checkpoint, write insights.md/json."""
-    from adkit.attention import attention_path, load_record
-    from adkit.model import load
-
-    run_dir = Path(run_dir)
-    record = load_record(attention_path(run_dir), source)
-    insights = analyze(record, load(run_dir) if ablation else None, ablation, **ablation_kw)
-    write_insights(insights, attention_path(run_dir).parent)
+def analyze_run(run: Run, source: str = "windows", ablation: bool = True) -> Insights:
+    """The insights stage: read the run's attention file and checkpoint, write ``insights.md`` / ``.json``;
+    the ablation check is sized by ``attention.drop_counts``, ``loo_samples`` and ``seed``."""
+    a = run.cfg.attention
+    record = load_record(run.require(run.attention, "attention"), source)
+    model = load_model(run.require(run.weights, "train")) if ablation else None
+    insights = analyze(record, model, ablation, drop_counts=a.drop_counts or None, loo_samples=a.loo_samples,
+                       seed=a.seed)
+    write_insights(insights, run.insights.parent)
     return insights

@@ -47,20 +47,21 @@ import numpy as np
 import torch
 
 from adkit import envs
-from adkit.histories import Histories, WindowSampler
+from adkit.data.histories import Histories, WindowSampler, load
+from adkit.data.tokens import INPUTS, Tokens
 from adkit.io import atomic_path, open_hdf5
-from adkit.train import split_batch
+from adkit.model.checkpoint import load as load_model
+from adkit.model.evaluate import rollout
+from adkit.run import MissingStage, Run
 
 FORMAT, VERSION = "adkit-attention", 1
 SOURCES = ("windows", "rollout")
-INPUTS = ("states", "actions", "rewards", "next_states", "queries", "positions")  # model inputs per token
 TOKENS = INPUTS + ("episode", "step", "is_query")
 SAMPLES = ("task", "trajectory", "decision", "next_action", "logits")
 DTYPES = {"states": np.int8, "next_states": np.int8, "queries": np.int8, "actions": np.int8,
           "rewards": np.float32, "positions": np.int64, "episode": np.int16, "step": np.int16,
           "is_query": np.bool_, "task": np.int64, "trajectory": np.int64, "decision": np.int64,
           "next_action": np.int64, "logits": np.float32}
-DEFAULT_WINDOWS = 256  # contexts drawn by default from the histories
 CHUNK_SAMPLES = 64  # samples per HDF5 chunk of the patterns
 MAKER = "`adkit attention --run-dir {run}` (notebook 02_extract_attention)"
 
@@ -69,24 +70,19 @@ class AttentionFileError(ValueError):
     """An attention file that cannot be used; the message names the file and the command that remakes it."""
 
 
-def attention_path(run_dir: str | Path) -> Path:
-    return Path(run_dir) / "attention" / "attention.h5"
-
-
 # ---- contexts --------------------------------------------------------------------------------------
 
 
 @dataclass
 class Contexts:
-    """A batch of B contexts of T tokens: model inputs and what each sample is.
+    """A batch of B contexts of T tokens and what each sample is.
 
-    ``inputs``: torch tensors ``states``/``next_states``/``queries`` (B, T, 2), ``actions``,
-    ``rewards``, ``positions`` (B, T). ``task`` (B, task_dim), ``trajectory`` (B,),
+    ``inputs``: the tokens (B, T, ·). ``task`` (B, task_dim), ``trajectory`` (B,),
     ``decision`` (B,): the decision step of the query row (= last position + 1),
     ``next_action`` (B,): the action taken at that decision.
     """
 
-    inputs: dict[str, torch.Tensor]
+    inputs: Tokens
     task: np.ndarray
     trajectory: np.ndarray
     decision: np.ndarray
@@ -108,10 +104,9 @@ def window_contexts(cfg, h: Histories, n: int, seed: int = 0) -> Contexts:
     streams = np.arange(h.shape[1])
     batches = [WindowSampler(h, [row], streams, seq, seed=seed * len(rows) + i).sample(int(c))
                for i, (row, c) in enumerate(zip(rows, counts)) if c]
-    batch = {k: torch.cat([b[k] for b in batches]) for k in batches[0]}  # (n, T+1, ·)
-    inputs, targets = split_batch(batch)  # T = n_transit tokens, targets (n, T)
+    tokens = Tokens.cat([Tokens.from_transitions(b) for b in batches])  # (n, T, ·), T = n_transit
     task = np.repeat(h.tasks[rows], counts, axis=0)  # (n, task_dim)
-    return Contexts(inputs, task, np.arange(n), inputs["positions"][:, -1].numpy() + 1, targets[:, -1].numpy())
+    return Contexts(tokens, task, np.arange(n), tokens.positions[:, -1].numpy() + 1, tokens.targets[:, -1].numpy())
 
 
 def episode_decisions(n_transit: int, horizon: int, steps: int) -> list[int]:
@@ -132,8 +127,6 @@ def rollout_contexts(model, cfg, decisions: Sequence[int] | None = None, traject
     Samples are trajectory-major: trajectory ``i`` (task ``i // seeds``, seed ``i % seeds``)
     at every decision in turn; ``trajectories`` keeps the first ones.
     """
-    from adkit.evaluate import rollout
-
     _, test_tasks = envs.task_split(cfg.env.name, cfg.env.split_seed, cfg.env.train_ratio)
     seeds = list(range(seed, seed + cfg.eval.seeds))
     res = rollout(model, cfg.env.name, test_tasks, seeds=seeds, episodes=cfg.eval.episodes,
@@ -145,13 +138,14 @@ def rollout_contexts(model, cfg, decisions: Sequence[int] | None = None, traject
     if not decisions or bad:
         raise ValueError(f"decision steps must lie in {n}..{steps - 1} (a full context of n_transit={n} "
                          f"transitions before them, within {steps} rollout steps); got {bad or 'none'}")
-    S = res.history.actions.shape[0] if trajectories is None else min(trajectories, res.history.actions.shape[0])
+    traj = res.trajectories
+    S = traj.actions.shape[0] if not trajectories else min(trajectories, traj.actions.shape[0])
     D = len(decisions)
-    windows = [res.history.window(t, n) for t in decisions]  # D x {key: (streams, n, ·)}
-    inputs = {k: torch.stack([w[k][:S] for w in windows], 1).flatten(0, 1)  # (S, D, n, ·) -> (S*D, n, ·)
-              for k in INPUTS}
+    windows = [traj.window(t, n).rows(slice(0, S)) for t in decisions]  # D x (S, n, ·)
+    inputs = Tokens(**{k: torch.stack([w[k] for w in windows], 1).flatten(0, 1)  # (S, D, n, ·) -> (S*D, n, ·)
+                       for k in INPUTS})
     task = np.repeat(np.asarray(res.tasks), len(seeds), axis=0)[:S]  # (S, task_dim), task-major streams
-    taken = res.history.actions[:S][:, decisions].numpy()  # (S, D)
+    taken = traj.actions[:S][:, decisions].numpy()  # (S, D)
     return Contexts(inputs, np.repeat(task, D, axis=0), np.repeat(np.arange(S), D),
                     np.tile(np.asarray(decisions), S), taken.reshape(-1))
 
@@ -180,7 +174,7 @@ def _select(which: Sequence[int] | None, n: int, what: str) -> list[int]:
 
 
 @torch.no_grad()
-def extract(model, inputs: dict[str, torch.Tensor], layers: Sequence[int] | None = None,
+def extract(model, inputs: Tokens, layers: Sequence[int] | None = None,
             heads: Sequence[int] | None = None, batch_size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
     """Attention patterns and the query's action logits, one forward pass per chunk of contexts.
 
@@ -214,7 +208,7 @@ def extract(model, inputs: dict[str, torch.Tensor], layers: Sequence[int] | None
         with model.hooks([(lambda name: name in slot, keep)]):
             for lo in range(0, B, batch_size):
                 rows = slice(lo, min(B, lo + batch_size))
-                chunk = {k: v[rows].to(device) for k, v in inputs.items()}
+                chunk = inputs.rows(rows).to(device)
                 logits[rows] = model(**chunk)[:, -1].float().cpu()
     finally:
         model.train(was_training)
@@ -275,10 +269,10 @@ class AttentionRecord:
         p = self.patterns[li, sample]  # (heads, T, T)
         return p.mean(0) if hi is None else p[hi]
 
-    def inputs(self, samples=None, device="cpu") -> dict[str, torch.Tensor]:
-        """Model inputs of the chosen samples (default all) as tensors (B, T, ·)."""
+    def inputs(self, samples=None, device="cpu") -> Tokens:
+        """The tokens of the chosen samples (default all) (B, T, ·)."""
         pick = slice(None) if samples is None else np.asarray(samples)
-        return {k: torch.as_tensor(np.asarray(self.tokens[k][pick]), device=device) for k in INPUTS}
+        return Tokens(**{k: torch.as_tensor(np.asarray(self.tokens[k][pick]), device=device) for k in INPUTS})
 
     def trajectory(self, index: int) -> np.ndarray:
         """Sample indices of one trajectory, ordered by decision step."""
@@ -316,9 +310,9 @@ def record_contexts(model, contexts: Contexts, source: str, seed: int = 0, layer
     cfg = model.cfg
     layers, heads = _select(layers, cfg.tf_n_layer, "layer"), _select(heads, cfg.tf_n_head, "head")
     patterns, logits = extract(model, contexts.inputs, layers, heads, batch_size)
-    meta = {"source": source, "env": envs.spec(cfg.env).name, "horizon": envs.spec(cfg.env).horizon,
+    meta = {"source": source, "env": model.env, "horizon": envs.spec(model.env).horizon,
             "n_transit": cfg.n_transit, "n_layer": cfg.tf_n_layer, "n_head": cfg.tf_n_head,
-            "n_actions": model.n_actions, "positions": cfg.positions, "seed": seed,
+            "n_actions": model.n_actions, "positions": model.positions, "seed": seed,
             "model": json.dumps(dataclasses.asdict(cfg)),
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat()}
     return build_record(contexts, patterns.numpy(), logits.numpy(), meta, layers, heads)
@@ -377,16 +371,14 @@ def load_record(path: str | Path, source: str = "windows", layers: Sequence[int]
     A missing file raises :class:`adkit.pipeline.MissingStage`; a corrupt, foreign or
     incomplete one :class:`AttentionFileError`; both name the command that remakes it.
     """
-    from adkit.pipeline import MissingStage
-
     path = Path(path)
     if path.is_dir():
-        path = attention_path(path)
+        path = path / "attention" / "attention.h5"
     if source not in SOURCES:
         raise ValueError(f"source must be one of {SOURCES}, got {source!r}")
     if not path.exists():
         run = path.parent.parent if path.parent.name == "attention" else "RUN"
-        raise MissingStage(f"{path} does not exist yet; it is made by {MAKER.format(run=run)}")
+        raise MissingStage(f"{path.resolve()} does not exist yet; it is made by {MAKER.format(run=run)}")
     with open_hdf5(path, FORMAT, VERSION, _fail) as f:
         if source not in f:
             raise _fail(path, f"no {source!r} contexts in this file (has {sorted(f)}); add them with --source {source}")
@@ -421,32 +413,23 @@ def load_record(path: str | Path, source: str = "windows", layers: Sequence[int]
 # ---- the stage -------------------------------------------------------------------------------------
 
 
-def extract_run(run_dir: str | Path, source: str = "windows", samples: int | None = None,
-                decisions: Sequence[int] | None = None, seed: int = 0, histories: str | Path | None = None,
-                progress: bool = False) -> AttentionRecord:
-    """The ``adkit attention`` extraction stage: read the run's checkpoint, write ``RUN/attention/attention.h5``.
+def extract_run(run: Run, source: str = "windows", progress: bool = False) -> AttentionRecord:
+    """The ``adkit attention`` extraction stage: read the run's checkpoint, write its attention file.
 
-    ``source="windows"``: ``samples`` windows (default :data:`DEFAULT_WINDOWS`) from the
-    histories (``histories`` or the profile's file). ``source="rollout"``: rollouts on the
-    held-out tasks recorded at ``decisions`` (see :func:`rollout_contexts`), ``samples``
-    trajectories at most. Returns the record written.
+    ``source="windows"``: ``attention.windows`` windows from the run's histories;
+    ``source="rollout"``: rollouts on the held-out tasks recorded at ``attention.decisions``
+    (see :func:`rollout_contexts`), ``attention.trajectories`` of them at most (0: all).
+    Returns the record written.
     """
-    from adkit.collect import default_path
-    from adkit.histories import load as load_histories
-    from adkit.model import load
-    from adkit.pipeline import require, run_config
-
     if source not in SOURCES:
         raise ValueError(f"source must be one of {SOURCES}, got {source!r}")
-    run_dir = Path(run_dir)
-    cfg = run_config(run_dir)
-    model = load(run_dir)
+    a = run.cfg.attention
+    model = load_model(run.require(run.weights, "train"))
     if source == "windows":
-        path = Path(histories) if histories else default_path(cfg)
-        h = load_histories(require(path, f"`adkit collect -c {cfg.profile} -o {path}` (notebook 01_train)"))
-        contexts = window_contexts(cfg, h, samples or DEFAULT_WINDOWS, seed)
+        h = load(run.require(run.histories, "collect"))
+        contexts = window_contexts(run.cfg, h, a.windows, a.seed)
     else:
-        contexts = rollout_contexts(model, cfg, decisions, samples, seed, progress)
-    record = record_contexts(model, contexts, source, seed)
-    save_record(record, attention_path(run_dir))
+        contexts = rollout_contexts(model, run.cfg, a.decisions or None, a.trajectories, a.seed, progress)
+    record = record_contexts(model, contexts, source, a.seed)
+    save_record(record, run.attention)
     return record

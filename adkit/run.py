@@ -1,0 +1,204 @@
+"""A run directory and every file in it: one object knows where each stage reads and writes.
+
+Relative paths (run directories, histories, figures) resolve against the project
+home, not the working directory, so the CLI at the repository root, a notebook
+whose kernel runs in ``notebooks/``, papermill and the demo all find the same
+files. The home is ``$ADKIT_HOME`` when set, else the nearest directory at or above
+the working directory that holds ``config/profiles``, else the working directory.
+
+Layout of a run directory::
+
+    config.yaml                        resolved config (adkit train)
+    model.safetensors, model.json      checkpoint
+    train_state.safetensors/.json      optimizer and sampler state, to resume
+    train_log.csv                      loss and accuracy per validation step
+    eval/returns.csv, returns.png      in-context returns on held-out tasks (adkit evaluate)
+    eval/seeds.csv, returns_seeds.png  the same over training seeds (notebook 01)
+    seeds/seed{S}/                     runs of the other training seeds
+    attention/attention.h5             attention patterns (adkit attention)
+    attention/insights.md, .json       metrics, recommendations, ablation check
+    figs/attention/                    attention figures
+    study/                             compression study tables and figures (adkit study)
+    study/retrained/{name}-b{K}-s{S}/  one retrained cell (a run directory of its own)
+    notebooks/                         executed notebooks (adkit demo)
+
+>>> run = Run.open("runs/quick")
+>>> run.cfg.model.n_transit, run.weights, run.test_tasks[:2]
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, replace
+from functools import cached_property
+from pathlib import Path
+
+from adkit import envs
+from adkit.config import Config, load_config
+
+MAKERS = {  # what makes each stage's files: named in MissingStage messages
+    "train": "`adkit train -c {profile} --run-dir {run}` (notebook 01_train)",
+    "collect": "`adkit collect -c {profile}` (notebook 01_train)",
+    "evaluate": "`adkit evaluate --run-dir {run}` (notebook 01_train)",
+    "attention": "`adkit attention --run-dir {run}` (notebook 02_extract_attention)",
+    "study": "`adkit study --run-dir {run}` (notebooks 04_compressors, 05_retrain_eval)",
+}
+
+
+class MissingStage(FileNotFoundError):
+    """An upstream file is missing; the message gives its absolute path and the command or notebook that makes it."""
+
+
+def home() -> Path:
+    """The project directory that relative paths resolve against (see the module doc)."""
+    if os.environ.get("ADKIT_HOME"):
+        return Path(os.environ["ADKIT_HOME"]).expanduser().resolve()
+    cwd = Path.cwd().resolve()
+    for d in (cwd, *cwd.parents):
+        if (d / "config" / "profiles").is_dir():
+            return d
+    return cwd
+
+
+def resolve(path: str | os.PathLike) -> Path:
+    """``path`` made absolute against :func:`home` (absolute paths unchanged)."""
+    path = Path(path).expanduser()
+    return path if path.is_absolute() else home() / path
+
+
+def require(path: str | os.PathLike, made_by: str) -> Path:
+    """``path`` if it exists, else :class:`MissingStage` naming its absolute path and ``made_by``."""
+    path = Path(path)
+    if not path.exists():
+        raise MissingStage(f"{path.resolve()} does not exist yet; it is made by {made_by}")
+    return path
+
+
+def histories_path(cfg: Config, root: Path | None = None) -> Path:
+    """Where a profile's histories live: ``data/{profile}-{env}-{source}.h5`` under ``root``
+    (default the project home)."""
+    return (root or home()) / "data" / f"{cfg.profile}-{envs.spec(cfg.env.name).name}-{cfg.collect.source}.h5"
+
+
+@dataclass(frozen=True)
+class Run:
+    """One run directory: its config and the path of every artefact in it (see the module doc)."""
+
+    dir: Path  # absolute
+    cfg: Config
+    home: Path = field(default_factory=home)  # the project the run's shared files (histories) live in
+
+    @classmethod
+    def create(cls, cfg: Config, run_dir: str | os.PathLike | None = None) -> Run:
+        """A run for ``cfg`` at ``run_dir`` (default ``runs/{profile}``); nothing is written yet."""
+        return cls(resolve(run_dir or Path("runs") / cfg.profile), cfg)
+
+    @classmethod
+    def open(cls, run_dir: str | os.PathLike) -> Run:
+        """The run trained into ``run_dir``, with the config saved there."""
+        d = resolve(run_dir)
+        config = require(d / "config.yaml", MAKERS["train"].format(profile="PROFILE", run=run_dir))
+        return cls(d, load_config(config))
+
+    def with_config(self, cfg: Config) -> Run:
+        """The same run directory read with another config (e.g. the saved one with overrides)."""
+        return replace(self, cfg=cfg)
+
+    def made_by(self, stage: str) -> str:
+        return MAKERS[stage].format(profile=self.cfg.profile, run=self.dir)
+
+    def require(self, path: Path, stage: str) -> Path:
+        """``path`` (one of this run's files) if it exists, else :class:`MissingStage` naming ``stage``'s command."""
+        return require(path, self.made_by(stage))
+
+    # ---- task split and data ------------------------------------------------------------------------
+    @cached_property
+    def split(self) -> tuple[list, list]:
+        """(train tasks, held-out tasks) of the run's task family, the published split."""
+        e = self.cfg.env
+        return envs.task_split(e.name, e.split_seed, e.train_ratio)
+
+    @property
+    def train_tasks(self) -> list:
+        return self.split[0]
+
+    @property
+    def test_tasks(self) -> list:
+        return self.split[1]
+
+    @property
+    def histories(self) -> Path:
+        return histories_path(self.cfg, self.home)
+
+    # ---- training ---------------------------------------------------------------------------------------
+    @property
+    def config_file(self) -> Path:
+        return self.dir / "config.yaml"
+
+    @property
+    def weights(self) -> Path:
+        return self.dir / "model.safetensors"
+
+    @property
+    def model_json(self) -> Path:
+        return self.dir / "model.json"
+
+    @property
+    def train_state(self) -> Path:
+        return self.dir / "train_state.safetensors"
+
+    @property
+    def train_state_json(self) -> Path:
+        return self.dir / "train_state.json"
+
+    @property
+    def train_log(self) -> Path:
+        return self.dir / "train_log.csv"
+
+    def seed_run(self, seed: int) -> Run:
+        """The run of another training seed of the same recipe (``seeds/seed{S}``)."""
+        cfg = replace(self.cfg, train=replace(self.cfg.train, seed=seed, extra_seeds=[]))
+        return replace(self, dir=self.dir / "seeds" / f"seed{seed}", cfg=cfg)
+
+    # ---- evaluation -------------------------------------------------------------------------------------
+    @property
+    def returns(self) -> Path:
+        return self.dir / "eval" / "returns.csv"
+
+    @property
+    def returns_figure(self) -> Path:
+        return self.dir / "eval" / "returns.png"
+
+    @property
+    def seeds_table(self) -> Path:
+        return self.dir / "eval" / "seeds.csv"
+
+    @property
+    def seeds_figure(self) -> Path:
+        return self.dir / "eval" / "returns_seeds.png"
+
+    # ---- attention --------------------------------------------------------------------------------------
+    @property
+    def attention(self) -> Path:
+        return self.dir / "attention" / "attention.h5"
+
+    @property
+    def insights(self) -> Path:
+        return self.dir / "attention" / "insights.json"
+
+    @property
+    def figs(self) -> Path:
+        return self.dir / "figs"
+
+    # ---- study ------------------------------------------------------------------------------------------
+    @property
+    def study(self) -> Path:
+        return self.dir / "study"
+
+    def cell(self, name: str, budget: int, seed: int) -> Path:
+        """The run directory of one retrained cell of the study."""
+        return self.study / "retrained" / f"{name}-b{budget}-s{seed}"
+
+    @property
+    def notebooks(self) -> Path:
+        return self.dir / "notebooks"

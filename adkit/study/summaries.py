@@ -1,0 +1,47 @@
+"""Study tables summarised: per compressor x budget (x mode), mean and sample std (ddof=1) over seeds."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from adkit.study.cells import share
+
+TRAINING_FREE, RETRAINED = "training-free", "retrained"  # the two modes of the study
+BASELINES = ("none", "full")  # full context: rolling cache / re-encoded every step (budget = n_transit)
+
+
+def plus_minus(mean: float, std: float, fmt: str) -> str:
+    return f"{mean:{fmt}} ± {std:{fmt}}"
+
+
+def summary_table(df: pd.DataFrame) -> pd.DataFrame:
+    """Per compressor x budget: means (and std over seeds) of return, share of the full-context
+    return (on the same protocol), agreement, KL and cost; baselines first, then by budget
+    (largest first) and share (best first)."""
+    df = df.assign(share=share(df))
+    g = df.groupby(["compressor", "budget"])
+    out = g.agg(seeds=("seed", "nunique"), tasks=("tasks", "first"), episodes=("episodes", "first"),
+                return_mean=("return", "mean"), return_std=("return", "std"), share_mean=("share", "mean"),
+                share_std=("share", "std"), agreement=("agreement", "mean"), kl=("kl", "mean"),
+                context_tokens=("context_tokens", "mean"), rollout_step_ms=("rollout_step_ms", "mean"),
+                decision_ms=("decision_ms", "mean"), peak_mem_mb=("peak_mem_mb", "mean"), note=("note", "first"))
+    out = out.reset_index().fillna({"return_std": 0.0, "share_std": 0.0})
+    out["rank"] = [BASELINES.index(c) if c in BASELINES else len(BASELINES) for c in out["compressor"]]
+    out = out.sort_values(["rank", "budget", "share_mean"], ascending=[True, False, False])
+    return out.drop(columns="rank").reset_index(drop=True)
+
+
+def summary(df: pd.DataFrame) -> pd.DataFrame:
+    """Per compressor x budget x mode: return and share of the full-context return (mean and
+    std over seeds), and the mean costs; budgets largest first, best share first."""
+    df = df.assign(share=share(df))
+    g = df.groupby(["compressor", "budget", "mode"])
+    out = g.agg(seeds=("seed", "nunique"), return_mean=("return", "mean"), return_std=("return", "std"),
+                share_mean=("share", "mean"), share_std=("share", "std"), train_step_ms=("train_step_ms", "mean"),
+                train_peak_mem_mb=("train_peak_mem_mb", "mean"), rollout_step_ms=("rollout_step_ms", "mean"),
+                decision_ms=("decision_ms", "mean"), peak_mem_mb=("peak_mem_mb", "mean"),
+                attn_flops=("attn_flops", "mean")).reset_index()
+    out = out.fillna({"return_std": 0.0, "share_std": 0.0})
+    out["rank"] = (out["compressor"] != "none").astype(int)
+    out = out.sort_values(["rank", "budget", "mode", "share_mean"], ascending=[True, False, True, False])
+    return out.drop(columns="rank").reset_index(drop=True)
