@@ -1,5 +1,5 @@
-# Two entry points: `make demo` (the five notebooks headless on the quick profile)
-# and `make test`. Both create a project-local virtual environment on first use.
+# Two entry points: `make demo` (the five notebooks headless on the demo profile)
+# and `make test` (`make test-fast` skips the slow end-to-end runs). Both create a project-local virtual environment on first use.
 # A GPU user can point VENV at an environment that already has their torch build:
 # the CPU pin below is only installed when torch is missing.
 PYTHON ?= python3
@@ -9,7 +9,7 @@ STAMP := $(VENV)/.adkit-installed
 PROFILE ?= demo
 RUN ?= runs/$(PROFILE)
 
-.PHONY: demo test install clean-runs
+.PHONY: demo test test-fast install clean-runs
 
 install: $(STAMP)
 
@@ -26,6 +26,9 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q --timeout=900 tests
+
+test-fast: $(STAMP)  # the edit loop: everything but the end-to-end runs marked slow (under a minute)
+	$(PY) -m pytest -q --timeout=300 -m "not slow" tests
 
 clean-runs:
 	rm -rf runs

@@ -16,7 +16,9 @@ from pathlib import Path
 
 import yaml
 
-PROFILE_DIR = Path(__file__).resolve().parent.parent / "config" / "profiles"
+from adkit.paths import home, resolve
+
+PACKAGE_PROFILES = Path(__file__).resolve().parent / "profiles"  # the built-in profiles, shipped in the wheel
 
 
 @dataclass
@@ -140,7 +142,7 @@ class AttentionConfig:
     trajectories: int = 0  # rollout trajectories kept (held-out tasks x eval.seeds); 0: all
     decisions: list[int] = field(default_factory=list)  # rollout decision steps; empty: every episode start
     loo_samples: int = 32  # contexts of the leave-one-out importance check (x n_transit forward passes each)
-    drop_counts: list[int] = field(default_factory=list)  # transitions dropped in the ablation; empty: 1, 2, 4, n/4, n/2
+    drop_counts: list[int] = field(default_factory=list)  # transitions the ablation drops; empty: 1, 2, 4, n/4, n/2
     figure_samples: int = 5  # samples per layer in the original figure set
     seed: int = 0  # seed of the sampled windows, rollouts and random drops
 
@@ -152,7 +154,7 @@ class StudyConfig:
 
     compressors: list[str] = field(default_factory=list)  # training-free strategies; empty: every strategy
     budgets: list[float] = field(default_factory=lambda: [0.5, 0.25, 0.125, 0.0625])  # training-free budgets
-    retrain_compressors: list[str] = field(default_factory=list)  # retrained strategies; empty: the original six + random + sink-recent
+    retrain_compressors: list[str] = field(default_factory=list)  # retrained; empty: original six, random, sink-recent
     retrain_budgets: list[float] = field(default_factory=lambda: [0.5, 0.25, 0.125])  # retrained budgets
     seeds: int = 3  # training seeds of retrained cells, evaluation seeds of training-free ones
     episodes: int = 0  # in-context episodes per rollout; 0: eval.episodes
@@ -220,18 +222,26 @@ def from_dict(data: dict) -> Config:
     return _build(Config, data or {}, "")
 
 
+def profile_dirs() -> list[Path]:
+    """Where named profiles are looked up, first hit wins: the project's ``config/profiles``
+    (in a checkout, the built-in ones), then the built-in profiles inside the package."""
+    return list(dict.fromkeys(d.resolve() for d in (home() / "config" / "profiles", PACKAGE_PROFILES) if d.is_dir()))
+
+
 def resolve_profile(path_or_name: str | Path) -> Path:
-    """A config path, or a profile name (``quick``, ``paper``, ``tiny``) from ``config/profiles``."""
+    """A config path (relative ones also against the project home), or a profile name
+    (``quick``, ``paper``, ``tiny``, ...) from :func:`profile_dirs`."""
     p = Path(path_or_name)
     if p.suffix in (".yaml", ".yml"):
-        if not p.exists():
-            raise FileNotFoundError(f"config file not found: {p}")
-        return p
-    candidate = PROFILE_DIR / f"{p.name}.yaml"
-    if not candidate.exists():
-        names = sorted(q.stem for q in PROFILE_DIR.glob("*.yaml"))
-        raise FileNotFoundError(f"no profile {str(path_or_name)!r}; profiles: {names} (or pass a .yaml path)")
-    return candidate
+        for candidate in (p, resolve(p)):
+            if candidate.exists():
+                return candidate
+        raise FileNotFoundError(f"config file not found: {p.resolve()}")
+    for d in profile_dirs():
+        if (d / f"{p.name}.yaml").exists():
+            return d / f"{p.name}.yaml"
+    names = sorted({q.stem for d in profile_dirs() for q in d.glob("*.yaml")})
+    raise FileNotFoundError(f"no profile {str(path_or_name)!r}; profiles: {names} (or pass a .yaml path)")
 
 
 def load_config(path_or_name: str | Path, overrides: dict | None = None) -> Config:
@@ -266,7 +276,8 @@ def merge(base: dict, extra: dict) -> None:
 
 def parse_overrides(pairs: list[str] | None) -> dict:
     """``["compress.budget=20", "compress.strategy=recency"]`` -> nested config overrides (values read
-    as YAML: numbers, booleans, strings, ``[0.5, 0.25]`` lists). What ``--set`` and the notebooks' ``overrides`` take."""
+    as YAML: numbers, booleans, strings, ``[0.5, 0.25]`` lists): what ``--set`` and the notebooks'
+    ``overrides`` take."""
     out: dict = {}
     for pair in pairs or []:
         key, sep, value = pair.partition("=")

@@ -13,7 +13,8 @@ from pathlib import Path
 import papermill as pm
 
 from adkit.config import load_config, parse_overrides
-from adkit.run import Run, home
+from adkit.paths import home
+from adkit.run import Run
 from adkit.study.report import report
 
 NOTEBOOKS = ("01_train", "02_extract_attention", "03_metrics", "04_compressors", "05_retrain_eval")

@@ -5,8 +5,10 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
+
+import h5py
 
 
 @contextlib.contextmanager
@@ -40,8 +42,6 @@ def open_hdf5(path: Path, fmt: str, version: int, fail):
     ``fail(path, why)`` builds the exception raised for an unreadable (truncated or
     foreign) file or a wrong format or version; the caller closes the returned file.
     """
-    import h5py
-
     try:
         f = h5py.File(path, "r")
     except OSError as e:

@@ -1,10 +1,7 @@
 """A run directory and every file in it: one object knows where each stage reads and writes.
 
 Relative paths (run directories, histories, figures) resolve against the project
-home, not the working directory, so the CLI at the repository root, a notebook
-whose kernel runs in ``notebooks/``, papermill and the demo all find the same
-files. The home is ``$ADKIT_HOME`` when set, else the nearest directory at or above
-the working directory that holds ``config/profiles``, else the working directory.
+home (:mod:`adkit.paths`), not the working directory.
 
 Layout of a run directory::
 
@@ -12,6 +9,7 @@ Layout of a run directory::
     model.safetensors, model.json      checkpoint
     train_state.safetensors/.json      optimizer and sampler state, to resume
     train_log.csv                      loss and accuracy per validation step
+    replicas.json                      parameter checksums of each process (under torchrun)
     eval/returns.csv, returns.png      in-context returns on held-out tasks (adkit evaluate)
     eval/seeds.csv, returns_seeds.png  the same over training seeds (notebook 01)
     seeds/seed{S}/                     runs of the other training seeds
@@ -19,7 +17,7 @@ Layout of a run directory::
     attention/insights.md, .json       metrics, recommendations, ablation check
     figs/attention/                    attention figures
     study/                             compression study tables and figures (adkit study)
-    study/retrained/{name}-b{K}-s{S}/  one retrained cell (a run directory of its own)
+    study/retrained/{name}-b{K}-s{S}/  one retrained cell (a run directory of its own; its returns.csv)
     notebooks/                         executed notebooks (adkit demo)
 
 >>> run = Run.open("runs/quick")
@@ -35,6 +33,7 @@ from pathlib import Path
 
 from adkit import envs
 from adkit.config import Config, load_config
+from adkit.paths import home, resolve
 
 MAKERS = {  # what makes each stage's files: named in MissingStage messages
     "train": "`adkit train -c {profile} --run-dir {run}` (notebook 01_train)",
@@ -47,23 +46,6 @@ MAKERS = {  # what makes each stage's files: named in MissingStage messages
 
 class MissingStage(FileNotFoundError):
     """An upstream file is missing; the message gives its absolute path and the command or notebook that makes it."""
-
-
-def home() -> Path:
-    """The project directory that relative paths resolve against (see the module doc)."""
-    if os.environ.get("ADKIT_HOME"):
-        return Path(os.environ["ADKIT_HOME"]).expanduser().resolve()
-    cwd = Path.cwd().resolve()
-    for d in (cwd, *cwd.parents):
-        if (d / "config" / "profiles").is_dir():
-            return d
-    return cwd
-
-
-def resolve(path: str | os.PathLike) -> Path:
-    """``path`` made absolute against :func:`home` (absolute paths unchanged)."""
-    path = Path(path).expanduser()
-    return path if path.is_absolute() else home() / path
 
 
 def require(path: str | os.PathLike, made_by: str) -> Path:

@@ -41,6 +41,7 @@ import torch  # noqa: E402
 from adkit.analysis.attention import Contexts, extract, record_contexts, save_record  # noqa: E402
 from adkit.analysis.figures import save_original_set  # noqa: E402
 from adkit.analysis.insights import layer_stats  # noqa: E402
+from adkit.data.tokens import Tokens  # noqa: E402
 from adkit.model import ADTransformer, ModelConfig  # noqa: E402
 
 
@@ -48,17 +49,18 @@ def random_contexts(n: int, T: int, seed: int = 0) -> Contexts:
     """``n`` contexts of ``T`` consecutive transitions at random offsets of 1,000-step streams."""
     g = torch.Generator().manual_seed(seed)
     start = torch.randint(0, 1000 - T, (n, 1), generator=g)
-    inputs = {"states": torch.randint(0, 9, (n, T, 2), generator=g), "actions": torch.randint(0, 5, (n, T), generator=g),
-              "rewards": (torch.rand(n, T, generator=g) < 0.2).float(),
-              "next_states": torch.randint(0, 9, (n, T, 2), generator=g),
-              "queries": torch.randint(0, 9, (n, T, 2), generator=g), "positions": start + torch.arange(T)}
+    inputs = Tokens(states=torch.randint(0, 9, (n, T, 2), generator=g),
+                    actions=torch.randint(0, 5, (n, T), generator=g),
+                    rewards=(torch.rand(n, T, generator=g) < 0.2).float(),
+                    next_states=torch.randint(0, 9, (n, T, 2), generator=g),
+                    queries=torch.randint(0, 9, (n, T, 2), generator=g), positions=start + torch.arange(T))
     return Contexts(inputs, np.zeros((n, 2), int), np.arange(n), start[:, 0].numpy() + T, np.zeros(n, int))
 
 
 @torch.no_grad()
 def original_pattern(model, inputs, b: int, layer: int) -> torch.Tensor:
     """The original's step: re-run the model on sample ``b`` alone, keep layer ``layer``'s heads (H, T, T)."""
-    one = {k: v[b:b + 1] for k, v in inputs.items()}
+    one = inputs.rows(slice(b, b + 1))
     _, cache = model.run_with_cache(**one, names=f"blocks.{layer}.attn.hook_pattern")
     return cache["pattern", layer][0]
 
@@ -138,7 +140,7 @@ def main() -> None:
     print(f"paper-size model: {L} layers x {cfg.tf_n_head} heads, width {cfg.tf_n_embd}; "
           f"torch threads {torch.get_num_threads()}; output in {out}")
 
-    extract(model, {k: v[:64] for k, v in ctx.inputs.items()})  # warm-up
+    extract(model, ctx.inputs.rows(slice(0, 64)))  # warm-up
     runs = [timed(extract, model, ctx.inputs) for _ in range(3)]
     wall, cpu = min(runs)
     record = record_contexts(model, ctx, "windows")
@@ -150,7 +152,8 @@ def main() -> None:
     print(f"\n1. extraction, all layers and heads, {args.contexts} contexts x {args.transit} transitions "
           "(wall / CPU seconds)")
     print(f"   adkit, one batched pass      {wall:6.2f} / {cpu:5.2f} s   (best of 3 runs; target 2 s)")
-    print(f"   + write float16 file         {t_write:6.2f} s   ({(out / 'attention.h5').stat().st_size / 2**20:.0f} MiB)")
+    mib = (out / "attention.h5").stat().st_size / 2**20
+    print(f"   + write float16 file         {t_write:6.2f} s   ({mib:.0f} MiB)")
     print(f"   original, per layer x sample {o_wall:6.2f} / {o_cpu:5.2f} s{scaled}   "
           f"ratio {o_wall / wall:.1f}x wall, {o_cpu / cpu:.1f}x CPU")
 

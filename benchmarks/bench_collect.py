@@ -36,9 +36,9 @@ import torch
 
 from adkit import envs
 from adkit.config import PPOConfig
-from adkit.envs.grid import MOVES
 from adkit.data.loop import record
 from adkit.data.sources.ppo import ENCODINGS, PPOLearner
+from adkit.envs.grid import MOVES
 
 PUBLISHED = dict(n_steps=20, batch_size=50, n_epochs=20, learning_rate=3e-4)  # DICP's SB3 PPO settings
 GOAL = (2, 6)  # the single goal of the per-goal runs (optimal return 17)

@@ -14,6 +14,8 @@ optimal.
 
 ``--set SECTION.FIELD=VALUE`` changes the profile (results go to ``--name``);
 ``--histories FILE`` reuses collected histories instead of collecting (no collect time).
+A relative ``--out`` resolves against the project home, as ``adkit``'s run directories
+do (``$ADKIT_HOME`` sets it).
 
 ``--compare-loss``: trains the per-position loss and DICP's last-position loss for
 the same wall-clock budget (seconds) and evaluates both the same way.
@@ -31,19 +33,20 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from adkit import envs
+from adkit.config import load_config, parse_overrides
 from adkit.data.collect import collect
-from adkit.cli import overrides
-from adkit.config import load_config
-from adkit.model.evaluate import summary
 from adkit.data.histories import load as load_histories
-from adkit.pipeline import random_baseline, source_returns, train_and_evaluate
+from adkit.model.evaluate import summary
+from adkit.model.seeds import train_and_evaluate
+from adkit.paths import resolve
 from adkit.plots import band, source_bands
+from adkit.run import Run
 
 
 def run_seed(cfg, h, run_dir: Path, time_budget: float = 0.0) -> dict:
     shutil.rmtree(run_dir, ignore_errors=True)  # a fresh run: never resume an earlier benchmark's model
     t0 = time.perf_counter()
-    res = train_and_evaluate(cfg, h, run_dir, progress=False, time_budget_s=time_budget)
+    res = train_and_evaluate(Run.create(cfg, run_dir), h, progress=False, time_budget_s=time_budget)
     return {"train_s": time.perf_counter() - t0 - res.seconds, "eval_s": res.seconds,
             "curve": res.returns.mean((0, 1)).tolist(), **summary(res)}
 
@@ -64,15 +67,15 @@ def main() -> None:
     p.add_argument("--name", help="results folder under --out (default: the profile name)")
     p.add_argument("--histories", help="reuse this histories file instead of collecting")
     args = p.parse_args()
-    out = Path(args.out) / (args.name or args.profile)
+    out = resolve(args.out) / (args.name or args.profile)
     out.mkdir(parents=True, exist_ok=True)
-    changes = overrides(args.set)
+    changes = parse_overrides(args.set)
     cfg = load_config(args.profile, changes)
     t0 = time.perf_counter()
     h = load_histories(args.histories) if args.histories else collect(cfg, progress=False)
     t_collect = 0.0 if args.histories else time.perf_counter() - t0
     _, test = envs.task_split(cfg.env.name, cfg.env.split_seed, cfg.env.train_ratio)
-    src = source_returns(h, test)  # (streams, episodes)
+    src = h.task_returns(test)  # (streams, episodes)
     print(f"profile {cfg.profile}: collect {t_collect:.1f} s ({cfg.collect.source}); source on held-out tasks: "
           f"episode 1 {src[:, 0].mean():.2f}, last 10 {src[:, -10:].mean():.2f}")
     if args.compare_loss:
@@ -105,7 +108,7 @@ def main() -> None:
     x = np.arange(1, curves.shape[1] + 1)
     band(ax, x, curves, f"AD ({len(runs)} training seeds)")
     source_bands(ax, src, f"source: {cfg.collect.source}", cfg.train.episode_stride)
-    ax.axhline(random_baseline(cfg, test), color="tab:red", ls=":", label="random")
+    ax.axhline(envs.random_return_mean(cfg.env.name, test), color="tab:red", ls=":", label="random")
     ax.axhline(opt, color="k", ls="--", label=f"optimal ({opt:.2f})")
     ax.set(xlabel="episode", ylabel="return", title=f"{cfg.env.name} held-out tasks, profile {cfg.profile}")
     ax.legend(fontsize=8)

@@ -4,13 +4,15 @@ A compressed window of K + 1 tokens carries K + 1 action targets; a full-context
 training sequence carries ``seq_len`` (2 x n_transit). At the study's equal steps and
 batch (as many windows as full-context sequences) a compressed model is therefore
 supervised on (K + 1) / seq_len of the actions per step. This script retrains the
-given cells with ``train.compressed_batch = batch_size * seq_len // (K + 1)`` windows
-per step (as many targets per step as the full-context model; same steps and seeds)
+given cells with ``compress.batch = train.batch_size * seq_len // (K + 1)`` windows
+per step (as many targets per step as the full-context model; same steps and seeds;
+:func:`adkit.study.retrained.run_cell` with ``compress_kw={"batch": ...}``)
 under ``RUN/study/equal-targets/`` and prints each beside the study's cell
 (``RUN/study/retrained.csv``, made by ``adkit study``): return, share of the
 retrained full-context return of the same seed, training step time.
 Finished cells are kept in ``RUN/study/equal_targets.csv`` (``--out``) and not recomputed;
-two processes with different ``--out`` run different cells side by side.
+two processes with different ``--out`` run different cells side by side. Relative paths
+resolve against the project home, as ``adkit``'s run directories do (``$ADKIT_HOME`` sets it).
 
     OMP_NUM_THREADS=1 python benchmarks/bench_retrain.py --run-dir runs/quick \\
         --compressors uniform exponential --budgets 20 10 --seeds 0 1 2
@@ -19,14 +21,13 @@ two processes with different ``--out`` run different cells side by side.
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 import pandas as pd
 
-from adkit.data.collect import default_path
-from adkit.pipeline import run_config
-from adkit.study.retrained import COLUMNS, TABLE, read_table, run_cell
-from adkit.study.training_free import write_table
+from adkit.paths import resolve
+from adkit.run import Run
+from adkit.study.cells import read_table, write_table
+from adkit.study.retrained import COLUMNS, TABLE, run_cell
 
 
 def main() -> None:
@@ -37,15 +38,15 @@ def main() -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--out", default=None, help="table of the finished cells (default RUN/study/equal_targets.csv)")
     args = p.parse_args()
-    run = Path(args.run_dir)
-    cfg = run_config(run)
-    study = read_table(run / "study" / TABLE)
+    run = Run.open(args.run_dir)
+    cfg = run.cfg
+    study = read_table(run.study / TABLE, COLUMNS)
     if study.empty:
-        raise SystemExit(f"{run / 'study' / TABLE} is empty: run `adkit study --run-dir {run}` first")
+        raise SystemExit(f"{run.study / TABLE} is empty: run `adkit study --run-dir {args.run_dir}` first")
     steps, episodes = int(study["train_steps"].iloc[0]), int(study["episodes"].iloc[0])
     seq_len = cfg.train.seq_len or 2 * cfg.model.n_transit
-    out = Path(args.out) if args.out else run / "study" / "equal_targets.csv"
-    rows = read_table(out).to_dict("records")
+    out = resolve(args.out) if args.out else run.study / "equal_targets.csv"
+    rows = read_table(out, COLUMNS).to_dict("records")
     done = {(r["compressor"], int(r["budget"]), int(r["seed"])) for r in rows}
     for seed in args.seeds:
         for name in args.compressors:
@@ -54,8 +55,8 @@ def main() -> None:
                     continue
                 windows = cfg.train.batch_size * seq_len // (budget + 1)
                 print(f"{name} @ {budget}, seed {seed}: {windows} windows per step", flush=True)
-                row = run_cell(run, name, budget, seed, steps, episodes, default_path(cfg), {},
-                               train={"compressed_batch": windows}, root=run / "study" / "equal-targets")
+                row = run_cell(run, name, budget, seed, steps, episodes, {},
+                               compress_kw={"batch": windows}, root=run.study / "equal-targets")
                 rows.append(row)
                 write_table(pd.DataFrame(rows, columns=COLUMNS), out, COLUMNS)
 

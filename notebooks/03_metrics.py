@@ -37,8 +37,15 @@ import matplotlib.pyplot as plt
 import pandas as pd
 from IPython.display import display
 
-from adkit.analysis.figures import (explorer, plot_ablation, plot_episode_mass, plot_rollout, plot_stat_grid,
-                                    plot_summary, save_figures)
+from adkit.analysis.figures import (
+    explorer,
+    plot_ablation,
+    plot_episode_mass,
+    plot_rollout,
+    plot_stat_grid,
+    plot_summary,
+    save_figures,
+)
 from adkit.analysis.insights import analyze_run
 from adkit.analysis.metrics import stats_table
 from adkit.notebook import setup

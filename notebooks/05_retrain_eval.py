@@ -33,8 +33,15 @@ from IPython.display import Image, Markdown, display
 
 from adkit.notebook import setup
 from adkit.study.figures import curve_explorer, plot_attention_shift
-from adkit.study.retrained import (RESULTS, attention_shift, best_cell, compression_study, episode_curves, headline,
-                                   markdown_summary)
+from adkit.study.retrained import (
+    RESULTS,
+    attention_shift,
+    best_cell,
+    compression_study,
+    episode_curves,
+    headline,
+    markdown_summary,
+)
 from adkit.study.summaries import summary
 
 run = setup(profile, run_dir, overrides)  # a missing upstream stage names the notebook that makes it

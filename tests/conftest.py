@@ -6,8 +6,8 @@ import torch
 from adkit.config import load_config
 from adkit.data.collect import collect
 from adkit.data.histories import save
-from adkit.model.evaluate import evaluate_run
 from adkit.model.checkpoint import load
+from adkit.model.evaluate import evaluate_run
 from adkit.model.train import train
 from adkit.run import Run
 

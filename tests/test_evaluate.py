@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from adkit import envs
-from adkit.model.evaluate import CSV_FIELDS, rollout, summary
 from adkit.model import ADTransformer, ModelConfig
+from adkit.model.evaluate import CSV_FIELDS, rollout, summary
 
 
 @pytest.fixture(scope="module")
@@ -57,14 +57,14 @@ def test_curve_figure_shows_the_thinned_source_ad_was_trained_on(model):
 
     res = rollout(model, "darkroom", [(0, 0)], seeds=[0], episodes=4, progress=False)
     source = np.arange(8 * 6, dtype=float).reshape(8, 6)  # (streams, episodes)
-    lines = {l.get_label(): l for l in plot_curves(res, source=source, stride=2).axes[0].lines}
+    lines = {line.get_label(): line for line in plot_curves(res, source=source, stride=2).axes[0].lines}
     thinned = lines["source, one episode in 2 (AD's data)"]
     np.testing.assert_array_equal(thinned.get_ydata(), source[:, ::2].mean(0))
     np.testing.assert_array_equal(lines["source (per stream)"].get_ydata(), source.mean(0))
     assert not any("one episode in" in label for label in
-                   (l.get_label() for l in plot_curves(res, source=source).axes[0].lines))
+                   (line.get_label() for line in plot_curves(res, source=source).axes[0].lines))
     seeds_only = plot_curves(res, extra={"AD, 2 training seeds": source[:2]}, label=None).axes[0].lines
-    assert [l.get_label() for l in seeds_only][:1] == ["AD, 2 training seeds"]
+    assert [line.get_label() for line in seeds_only][:1] == ["AD, 2 training seeds"]
 
 
 def test_summary_numbers_on_hand_made_returns():

@@ -4,8 +4,8 @@ import h5py
 import numpy as np
 import pytest
 
-from adkit.data.collect import collect
 from adkit.config import from_dict
+from adkit.data.collect import collect
 from adkit.data.histories import HistoriesError, WindowSampler, load, save, stride_episodes
 
 

@@ -7,7 +7,6 @@ import pytest
 import torch
 
 from adkit.analysis.attention import Contexts, build_record
-from adkit.data.tokens import Tokens
 from adkit.analysis.insights import (
     ablation_check,
     analyze,
@@ -18,6 +17,7 @@ from adkit.analysis.insights import (
     spearman,
     write_insights,
 )
+from adkit.data.tokens import Tokens
 
 HORIZON = 20
 
@@ -30,7 +30,8 @@ def hand_record(rows, rewards=None, start=0, source="windows"):
     patterns = np.repeat(pattern[None], B, 0)  # (B, T, T)
     patterns[:, -1] = rows
     g = torch.Generator().manual_seed(0)
-    inputs = Tokens(states=torch.randint(0, 9, (B, T, 2), generator=g), actions=torch.randint(0, 5, (B, T), generator=g),
+    inputs = Tokens(states=torch.randint(0, 9, (B, T, 2), generator=g),
+                    actions=torch.randint(0, 5, (B, T), generator=g),
                     rewards=torch.zeros(B, T) if rewards is None else torch.as_tensor(rewards, dtype=torch.float32),
                     next_states=torch.randint(0, 9, (B, T, 2), generator=g),
                     queries=torch.randint(0, 9, (B, T, 2), generator=g),

@@ -11,8 +11,8 @@ import torch
 
 from adkit.config import load_config
 from adkit.data.histories import save as save_histories
-from adkit.model import load
 from adkit.data.tokens import Tokens
+from adkit.model import load
 from adkit.model.train import loss_and_accuracy, lr_at, samplers, train
 from adkit.run import Run
 
@@ -81,7 +81,8 @@ def test_resuming_with_another_config_is_refused(tmp_path, tiny_cfg, tiny_hist):
                                          r"train.seq_len: .* -> 30\); resume it with its own"):
         train(Run.create(other, tmp_path / "run"), tiny_hist, progress=False)
     longer = load_config("tiny", {"train": {"steps": tiny_cfg.train.steps + 4}, "eval": {"seeds": 7}})
-    train(Run.create(longer, tmp_path / "run"), tiny_hist, progress=False, until=6)  # more steps, other evaluation: a resume
+    # more steps and another evaluation: a resume
+    train(Run.create(longer, tmp_path / "run"), tiny_hist, progress=False, until=6)
     assert json.loads((tmp_path / "run" / "train_state.json").read_text())["step"] == 6
 
 

@@ -3,7 +3,7 @@
 Contexts come from two sources:
 
 * ``"windows"``: training-style windows of ``n_transit`` transitions from the
-  histories of the train tasks (:class:`adkit.histories.WindowSampler`);
+  histories of the train tasks (:class:`adkit.data.histories.WindowSampler`);
 * ``"rollout"``: the model's own in-context rollouts on the held-out tasks, the
   context of decision ``t`` being the last ``n_transit`` transitions before it,
   recorded at chosen decision steps so one trajectory can be watched going from
@@ -38,9 +38,9 @@ from __future__ import annotations
 import dataclasses
 import datetime as _dt
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import h5py
 import numpy as np
@@ -368,7 +368,7 @@ def load_record(path: str | Path, source: str = "windows", layers: Sequence[int]
     """Read one source's record from an attention file (or a run directory's), only ``layers`` x ``heads``.
 
     Patterns are read per (layer, head) slice, so unrequested ones never leave the disk.
-    A missing file raises :class:`adkit.pipeline.MissingStage`; a corrupt, foreign or
+    A missing file raises :class:`adkit.run.MissingStage`; a corrupt, foreign or
     incomplete one :class:`AttentionFileError`; both name the command that remakes it.
     """
     path = Path(path)

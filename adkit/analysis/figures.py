@@ -1,6 +1,6 @@
 """Attention figures: the original toolkit's set, statistics grids, rollout, ablation, and a slider explorer.
 
-Everything reads an :class:`adkit.attention.AttentionRecord` (never the model), so
+Everything reads an :class:`adkit.analysis.attention.AttentionRecord` (never the model), so
 redrawing for another layer, head or sample costs a plot, not a forward pass.
 Axes are labelled with stream steps; dashed lines mark episode boundaries.
 
@@ -17,8 +17,8 @@ and beside them in ``FIGS/attention/`` (:func:`save_figures`): ``stats_grid.png`
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import ipywidgets as w
 import matplotlib.pyplot as plt
@@ -191,7 +191,7 @@ GRID = (("normalized_entropy", "normalised entropy"), ("mean_attention_distance"
 
 
 def plot_stat_grid(record: AttentionRecord):
-    """Layer x head grids of per-head statistics, averaged over samples (:func:`adkit.metrics.stats_table`)."""
+    """Layer x head grids of per-head statistics, averaged over samples (:func:`adkit.analysis.metrics.stats_table`)."""
     table = pd.DataFrame(stats_table(record.patterns))
     fig, axes = plt.subplots(1, len(GRID), figsize=(3.3 * len(GRID), 0.6 * len(record.layers) + 2.2))
     for ax, (key, label) in zip(axes, GRID):
@@ -397,7 +397,8 @@ def explorer(record: AttentionRecord, layer: int | None = None, head: int = -1, 
         "head": w.SelectionSlider(options=[("mean", -1)] + [(str(h), h) for h in record.heads], value=head,
                                   description="head"),
         "sample": w.IntSlider(value=sample, min=0, max=record.n_trajectories - 1, description="sample"),
-        "decision": w.SelectionSlider(options=[(s, i) for i, s in enumerate(steps)], value=min(decision, len(steps) - 1),
+        "decision": w.SelectionSlider(options=[(s, i) for i, s in enumerate(steps)],
+                                      value=min(decision, len(steps) - 1),
                                       description="decision", disabled=len(steps) == 1),
     }
     for s in sliders.values():

@@ -2,10 +2,10 @@
 
 * :func:`layer_stats`: per layer and sample, the original metrics (exact names, on the
   head-averaged pattern as the original computed them) plus normalised entropy, mean
-  attention distance, sink mass and rewarded mass (:mod:`adkit.metrics`).
+  attention distance, sink mass and rewarded mass (:mod:`adkit.analysis.metrics`).
 * :func:`recommend`: a compressor per layer by the original rules, with the numbers
   behind it. The entropy rules use the length-aware normalised entropy (entropy over
-  ``ln n_context``, :func:`adkit.metrics.normalized_entropy`) instead of the original
+  ``ln n_context``, :func:`adkit.analysis.metrics.normalized_entropy`) instead of the original
   fixed 1.5 / 2.0 nats, which mean different things at different context lengths
   (uniform attention over 19 keys has 2.94 nats, over 79 keys 4.37).
 * :func:`report`: the original console report (``ANALYZING LAYER 0`` ...).
@@ -22,9 +22,9 @@ Compressors are named by their :mod:`adkit.compress` class and registry names
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -208,7 +208,9 @@ def markdown_table(df: pd.DataFrame) -> str:
 
 def _phase(i: int, n: int) -> str:
     """The original's phase of the i-th of n timesteps of a trajectory."""
-    return "Early Exploration" if i < n // 3 else "Mid Exploration/Exploitation" if i < 2 * n // 3 else "Late Exploitation"
+    if i < n // 3:
+        return "Early Exploration"
+    return "Mid Exploration/Exploitation" if i < 2 * n // 3 else "Late Exploitation"
 
 
 def report(record: AttentionRecord, stats: dict | None = None, recs: Sequence[Recommendation] | None = None,

@@ -15,15 +15,15 @@ device) or numpy arrays; results are float64 numpy arrays or Python numbers.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence, Union
 
 import numpy as np
 import torch
 
 from adkit.compress.strategies import RULES  # head_profile's rules, cheapest first
 
-ArrayLike = Union[np.ndarray, torch.Tensor]
+ArrayLike = np.ndarray | torch.Tensor
 
 EPS = 1e-10  # the original toolkit's guard in the entropy and the recent/distant ratio
 TOL = 1e-9  # float slack when comparing a recovered mass with head_profile's target

@@ -10,4 +10,4 @@ model contexts, and what a decision costs.
 """
 
 from adkit.compress.strategies import *  # noqa: F401,F403  (the public strategy names)
-from adkit.compress.strategies import __all__
+from adkit.compress.strategies import __all__  # noqa: F401

@@ -88,7 +88,7 @@ class ModelPolicy:
     def __call__(self, h: Transitions, keep: torch.Tensor) -> torch.Tensor:
         if h.context is None:
             raise ValueError("the oracle's model policy scores model contexts: compress them with "
-                             "adkit.compress.compress_tokens (or pass context= to select)")
+                             "adkit.compress.context.compress_tokens (or pass context= to select)")
         context = h.context.repeat_rows(keep.shape[0] // h.context.batch)  # (B', L, ...)
         last = torch.full((keep.shape[0], 1), context.length - 1, dtype=keep.dtype, device=keep.device)
         kept = context.gather(torch.cat([keep, last], 1), renumber=self.model.positions == "renumber")

@@ -16,9 +16,10 @@ import os
 import statistics
 import sys
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import torch
+from torch._C._profiler import _ExtraFields_Allocation
 from torch.profiler import ProfilerActivity, profile
 
 from adkit.compress.context import compressed_logits
@@ -41,8 +42,6 @@ def _quiet_stderr():
 
 
 def _allocations(nodes):
-    from torch._C._profiler import _ExtraFields_Allocation
-
     for node in nodes:
         if isinstance(node.extra_fields, _ExtraFields_Allocation):
             yield node

@@ -6,8 +6,7 @@
 >>> obs, info = env.reset(seed=0)                     # obs: (32, 2) positions
 """
 
-from adkit.envs.grid import (SPECS, GridCore, GridSpec, optimal_return, random_return, spec, task_list,
-                             task_split)
+from adkit.envs.grid import SPECS, GridCore, GridSpec, optimal_return, random_return, spec, task_list, task_split
 from adkit.envs.vector import GridVectorEnv
 
 NAMES = tuple(SPECS)
@@ -23,4 +22,5 @@ def make(name: str, tasks, streams: int = 1) -> GridVectorEnv:
     return GridVectorEnv(name, tasks, streams)
 
 
-__all__ = ["NAMES", "GridCore", "GridSpec", "GridVectorEnv", "make", "optimal_return", "random_return_mean", "random_return", "spec", "task_list", "task_split"]
+__all__ = ["NAMES", "GridCore", "GridSpec", "GridVectorEnv", "make", "optimal_return", "random_return",
+           "random_return_mean", "spec", "task_list", "task_split"]

@@ -13,7 +13,7 @@ Context backends (the same decisions, different cost):
   scratch at every step, O(n_transit^2) per step.
 * with a ``compressor`` (training-free compression): at every step the last
   ``n_transit`` transitions are compressed to the compressor's budget (see
-  :mod:`adkit.context`) and the kept ones re-encoded, O(budget^2) per step plus,
+  :mod:`adkit.compress.context`) and the kept ones re-encoded, O(budget^2) per step plus,
   for attention-based strategies, the full-window pass that scores them.
 
 The first action of a stream has no transition to condition on and is drawn

@@ -181,7 +181,8 @@ class Trainer:
             return
         save(self.model, self.run_dir)
         opt = self.opt.state_dict()
-        tensors = {f"{i}.{name}": v.detach().cpu().contiguous() for i, s in opt["state"].items() for name, v in s.items()}
+        tensors = {f"{i}.{name}": v.detach().cpu().contiguous()
+                   for i, s in opt["state"].items() for name, v in s.items()}
         tensors["torch_rng"] = torch.get_rng_state()  # dropout noise continues where it stopped
         tensors["compress_rng"] = self.compress_rng.get_state()
         with atomic_path(self.run.train_state) as tmp:

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 import torch.nn as nn
@@ -168,7 +168,7 @@ class ADTransformer(nn.Module):
         cos, sin = rope_angles(positions, self.cfg.tf_n_embd // self.cfg.tf_n_head, self.cfg.rope_base)
         mask = window_mask(L, L, self.cfg.n_transit, x.device)  # (L, L)
         explicit = self._hooked()
-        for layer, block in enumerate(self.blocks):
+        for block in self.blocks:
             x = block(x, cos, sin, mask, explicit=explicit)
         return self.head(self.ln_f(x))
 
@@ -199,7 +199,7 @@ class ADTransformer(nn.Module):
         return any(len(m._forward_hooks) for m in self.modules() if isinstance(m, HookPoint))
 
     @contextlib.contextmanager
-    def hooks(self, fwd_hooks: list[tuple[str | Callable[[str], bool], Callable]]) -> Iterator["ADTransformer"]:
+    def hooks(self, fwd_hooks: list[tuple[str | Callable[[str], bool], Callable]]) -> Iterator[ADTransformer]:
         """Attach ``(name or name-filter, fn(activation, hook))`` pairs for the duration of the block.
 
         ``fn`` may return a replacement activation. Hooks are always removed, even

@@ -8,9 +8,9 @@ finished cell, and a rerun computes only the missing ones (:func:`run_cells`).
 from __future__ import annotations
 
 import multiprocessing
+from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 import pandas as pd

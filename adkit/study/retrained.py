@@ -39,9 +39,9 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections import Counter
+from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -240,22 +240,6 @@ def recommended(run: Run) -> str | None:
     return Counter(names).most_common(1)[0][0] if names else None
 
 
-def summary(df: pd.DataFrame) -> pd.DataFrame:
-    """Per compressor x budget x mode: return and share of the full-context return (mean and
-    std over seeds), and the mean costs; budgets largest first, best share first."""
-    df = df.assign(share=df["return"] / df["full_return"].where(df["full_return"] > 0))
-    g = df.groupby(["compressor", "budget", "mode"])
-    out = g.agg(seeds=("seed", "nunique"), return_mean=("return", "mean"), return_std=("return", "std"),
-                share_mean=("share", "mean"), share_std=("share", "std"), train_step_ms=("train_step_ms", "mean"),
-                train_peak_mem_mb=("train_peak_mem_mb", "mean"), rollout_step_ms=("rollout_step_ms", "mean"),
-                decision_ms=("decision_ms", "mean"), peak_mem_mb=("peak_mem_mb", "mean"),
-                attn_flops=("attn_flops", "mean")).reset_index()
-    out = out.fillna({"return_std": 0.0, "share_std": 0.0})
-    out["rank"] = (out["compressor"] != "none").astype(int)
-    out = out.sort_values(["rank", "budget", "mode", "share_mean"], ascending=[True, False, True, False])
-    return out.drop(columns="rank").reset_index(drop=True)
-
-
 def headline(df: pd.DataFrame, run: Run | None = None, targets: dict[int, float] | None = None) -> list[str]:
     """Sentences: per budget the best retrained strategy and its share against the target
     (95% at 20, 90% at 10 by default), the saving in decision time, memory and attention
@@ -300,8 +284,8 @@ def markdown_summary(df: pd.DataFrame) -> str:
     ref = float(base["attn_flops"].iloc[0]) if len(base) else float("nan")
     view = pd.DataFrame({
         "compressor": s["compressor"], "budget": s["budget"], "mode": s["mode"], "seeds": s["seeds"],
-        "return": [plus_minus(m, sd, ".2f") for m, sd in zip(s["return_mean"], s["return_std"])],
-        "share of full": [plus_minus(100 * m, 100 * sd, ".0f") + " %" for m, sd in zip(s["share_mean"], s["share_std"])],
+        "return": plus_minus(s["return_mean"], s["return_std"], ".2f"),
+        "share of full": plus_minus(100 * s["share_mean"], 100 * s["share_std"], ".0f", " %"),
         "train step ms": s["train_step_ms"], "train peak MB": s["train_peak_mem_mb"],
         "rollout step ms": s["rollout_step_ms"], "decision ms": s["decision_ms"], "peak MB": s["peak_mem_mb"],
         "attn FLOPs (x full)": s["attn_flops"] / ref,

@@ -10,8 +10,9 @@ TRAINING_FREE, RETRAINED = "training-free", "retrained"  # the two modes of the 
 BASELINES = ("none", "full")  # full context: rolling cache / re-encoded every step (budget = n_transit)
 
 
-def plus_minus(mean: float, std: float, fmt: str) -> str:
-    return f"{mean:{fmt}} ± {std:{fmt}}"
+def plus_minus(mean: pd.Series, std: pd.Series, fmt: str, unit: str = "") -> list[str]:
+    """``"mean ± std"`` strings, one per row, formatted with ``fmt``."""
+    return [f"{m:{fmt}} ± {sd:{fmt}}{unit}" for m, sd in zip(mean, std)]
 
 
 def summary_table(df: pd.DataFrame) -> pd.DataFrame:

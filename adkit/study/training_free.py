@@ -5,15 +5,15 @@ compressed at every decision. One *cell* is one compressor x budget x evaluation
 seed on the held-out tasks (one stream per task, seeded by the seed):
 
 * ``return``: mean episode return of in-context rollouts whose every decision sees
-  the compressed context (:func:`adkit.evaluate.rollout` with
-  ``compressor=adkit.context.build(name, budget, ...)``), over tasks and episodes;
+  the compressed context (:func:`adkit.model.evaluate.rollout` with
+  ``compressor=adkit.compress.context.build(name, budget, ...)``), over tasks and episodes;
   ``full_return`` is the full-context rollout's on the same tasks, seed and episodes
   (so both draw the same random numbers until their decisions differ).
 * ``agreement`` / ``kl``: on contexts recorded from the full-context model's own
   rollout of that seed (``decisions`` steps spread over the stream, windows of
   ``n_transit``), the compressed-context policy against the full-context policy at
   the same decision: share of equal argmax actions and mean KL(full || compressed).
-  One batch through the same path a compressed rollout takes (:func:`adkit.context.compressed_logits`).
+  One batch through the same path a compressed rollout takes (:func:`adkit.compress.context.compressed_logits`).
 * cost: ``rollout_step_ms``, the compressed rollout's wall-clock per environment step
   (all its streams batched; includes the first ``n_transit`` steps of shorter contexts
   and the environment); ``decision_ms`` and ``peak_mem_mb``, one steady-state decision
@@ -37,15 +37,16 @@ The table ``RUN/study/training_free.csv`` gets one row per cell, rewritten
 atomically after each cell: an interrupted study loses no finished cell, and a
 rerun computes only the missing ones.
 
->>> df = training_free_study("runs/quick", budgets=(40, 20, 10, 5), seeds=(0, 1, 2))
->>> write_outputs(df, "runs/quick/study")  # training_free.md, return_vs_budget.png
+>>> run = Run.open("runs/quick")
+>>> df = training_free_study(run, budgets=(40, 20, 10, 5), seeds=(0, 1, 2))
+>>> write_outputs(df, run.study)  # training_free.md, return_vs_budget.png
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -266,8 +267,8 @@ def markdown_summary(df: pd.DataFrame) -> str:
     s = summary_table(df)
     view = pd.DataFrame({
         "compressor": s["compressor"], "budget": s["budget"], "seeds": s["seeds"],
-        "return": [plus_minus(m, sd, ".2f") for m, sd in zip(s["return_mean"], s["return_std"])],
-        "share of full": [plus_minus(100 * m, 100 * sd, ".0f") + " %" for m, sd in zip(s["share_mean"], s["share_std"])],
+        "return": plus_minus(s["return_mean"], s["return_std"], ".2f"),
+        "share of full": plus_minus(100 * s["share_mean"], 100 * s["share_std"], ".0f", " %"),
         "agreement": s["agreement"], "KL": s["kl"], "tokens": s["context_tokens"],
         "decision ms": s["decision_ms"], "step ms": s["rollout_step_ms"], "peak MB": s["peak_mem_mb"],
         "protocol": [f"{t} tasks x {e} ep; {note}" for t, e, note in zip(s["tasks"], s["episodes"], s["note"])],

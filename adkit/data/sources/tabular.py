@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from adkit.config import NoiseConfig, PSRLConfig, QLearningConfig
-from adkit.envs import GridVectorEnv
 from adkit.data.sources.base import linear
+from adkit.envs import GridVectorEnv
 
 
 class QLearner:
