@@ -1,15 +1,19 @@
-# Two entry points: `make demo` (the five notebooks headless on the demo profile)
-# and `make test` (`make test-fast` skips the slow end-to-end runs). Both create a project-local virtual environment on first use.
+# Three entry points, each installing what it needs on first use (a project-local .venv):
+#   make demo   the five notebooks headless on the demo profile, then figs/REPORT.md
+#   make test   the test suite (make test-fast skips the slow end-to-end runs; make test-browser
+#               opens notebooks in JupyterLab in headless Chromium)
+#   make lab    JupyterLab on the notebooks, in the project's environment
 # A GPU user can point VENV at an environment that already has their torch build:
 # the CPU pin below is only installed when torch is missing.
 PYTHON ?= python3
 VENV ?= .venv
-PY := $(VENV)/bin/python
+PY := $(abspath $(VENV))/bin/python
 STAMP := $(VENV)/.adkit-installed
 PROFILE ?= demo
 RUN ?= runs/$(PROFILE)
+CHROMIUM ?= /usr/bin/chromium
 
-.PHONY: demo test test-fast install clean-runs
+.PHONY: demo test test-fast test-browser lab install clean-runs
 
 install: $(STAMP)
 
@@ -24,11 +28,20 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/adkit demo --profile $(PROFILE) --run-dir $(RUN)
 
+lab: $(STAMP)  # the kernel starts in notebooks/; paths resolve against the project all the same
+	cd notebooks && $(abspath $(VENV))/bin/jupyter lab --ip 127.0.0.1
+
 test: $(STAMP)
 	$(PY) -m pytest -q --timeout=900 tests
 
 test-fast: $(STAMP)  # the edit loop: everything but the end-to-end runs marked slow (under a minute)
 	$(PY) -m pytest -q --timeout=300 -m "not slow" tests
+
+test-browser: $(STAMP)  # Debian's Chromium, installed here when we may (root with apt-get), else a clear skip
+	@test -x $(CHROMIUM) || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+		{ apt-get update -qq && apt-get install -y -qq chromium; } >/dev/null 2>&1; } || true
+	@if [ -x $(CHROMIUM) ]; then ADKIT_BROWSER_TEST=1 $(PY) -m pytest -q --timeout=900 tests/browser; \
+	else echo "test-browser: SKIPPED: $(CHROMIUM) is missing and could not be installed (apt-get install chromium)"; fi
 
 clean-runs:
 	rm -rf runs

@@ -13,11 +13,14 @@ Every subcommand takes ``--set SECTION.FIELD=VALUE ...``: on a profile (collect,
 doctor, demo) or on the config saved in a run directory (evaluate, attention, study).
 Relative paths resolve against the project (``$ADKIT_HOME`` or the directory holding
 ``config/profiles``). Stage modules are imported per subcommand, so ``adkit --help`` is quick.
+``adkit --threads N SUBCOMMAND`` fixes torch's threads (see :mod:`adkit.threads`).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import os
 import sys
 from pathlib import Path
 
@@ -60,6 +63,8 @@ def cmd_train(args) -> int:
     hist = Path(args.histories) if args.histories else run.histories
     h = load(require(hist, f"`adkit collect -c {run.cfg.profile} -o {hist}` (notebook 01_train)"))
     scorer = load_model(args.scorer) if args.scorer else None
+    if args.tensorboard:
+        run = run.with_config(dataclasses.replace(run.cfg, train=dataclasses.replace(run.cfg.train, tensorboard=True)))
     train(run, h, time_budget_s=args.time_budget, scorer=scorer)
     print(f"trained {run.dir} (log: {run.train_log})")
     return 0
@@ -99,16 +104,21 @@ def cmd_evaluate(args) -> int:
 
 def cmd_study(args) -> int:
     from adkit.study import retrained, training_free
+    from adkit.study.cells import CellsFailed
 
     run = _saved_run(args, study={"seeds": args.seeds, "episodes": args.episodes, "steps": args.steps,
-                                  "workers": args.workers})
+                                  "workers": args.workers, "executor": args.executor, "address": args.address})
     if args.mode == "training-free":
         df = training_free.training_free_study(run, args.compressors, args.budgets)
         md, png = training_free.write_outputs(df, run.study)
         print(training_free.markdown_summary(df))
         print(f"wrote {md} and {png}")
         return 0
-    df = retrained.compression_study(run, args.compressors, args.budgets)
+    try:
+        df = retrained.compression_study(run, args.compressors, args.budgets)
+    except CellsFailed as e:
+        print(f"adkit study: {e}", file=sys.stderr)
+        return 1
     print(retrained.markdown_summary(df))
     print("\n".join(retrained.headline(df, run)))
     print(f"wrote {run.study / retrained.RESULTS}, results.md and figures")
@@ -158,6 +168,9 @@ def cmd_demo(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="adkit", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--threads", type=int, default=0,
+                   help="torch threads of every process this command runs (sets ADKIT_THREADS); default: each "
+                        "adkit process takes cores // (adkit processes running), see adkit.threads")
     sub = p.add_subparsers(dest="command", required=True)
 
     def command(name: str, help: str, fn) -> argparse.ArgumentParser:
@@ -182,6 +195,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--time-budget", type=float, default=0.0, help="stop after this many seconds (0: none)")
     s.add_argument("--scorer", default=None,
                    help="run directory of the full-context model that attention-scored compressors score with")
+    s.add_argument("--tensorboard", action="store_true",
+                   help="also write TensorBoard event files to RUN/tensorboard (train.tensorboard)")
 
     s = command("evaluate", "in-context returns on held-out tasks", cmd_evaluate)
     s.add_argument("--run-dir", required=True)
@@ -206,6 +221,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--episodes", type=int, default=None, help="episodes per rollout (default: study.episodes)")
     s.add_argument("--steps", type=int, default=None, help="training steps per retrained model (default: study.steps)")
     s.add_argument("--workers", type=int, default=None, help="retrained cells at once (default: study.workers)")
+    s.add_argument("--executor", choices=["local", "ray"], default=None,
+                   help="where retrained cells run (default: study.executor): this machine, or Ray")
+    s.add_argument("--address", default=None,
+                   help="Ray cluster address (default: study.address; none: a local Ray instance)")
 
     s = command("compress", "compressor demo on dummy data", cmd_compress)
     s.add_argument("--demo", action="store_true")
@@ -228,6 +247,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run one subcommand; known failures print one clear line and exit 2, not a traceback."""
     args = build_parser().parse_args(argv)
+    if args.threads:
+        os.environ["ADKIT_THREADS"] = str(args.threads)  # this process and every one it starts
+    if args.command not in ("demo", "doctor", "compress"):  # those compute nothing themselves
+        from adkit import threads
+
+        threads.configure()
     try:
         return args.fn(args)
     except (FileNotFoundError, ValueError, KeyError) as e:

@@ -98,8 +98,9 @@ class TrainConfig:
     val_batches: int = 4  # batches per validation pass (held-out streams of train tasks)
     val_streams: float = 0.05  # share of each train task's streams kept for validation
     seed: int = 0  # seed of initialisation and batch sampling
-    threads: int = 0  # torch threads; 0 keeps torch's default
+    threads: int = 0  # torch threads of this run; 0: $ADKIT_THREADS or a fair share of the cores (adkit.threads)
     extra_seeds: list[int] = field(default_factory=list)  # more training seeds (notebook 01: <run>/seeds/seedS)
+    tensorboard: bool = False  # also write TensorBoard event files to <run>/tensorboard (needs the tensorboard package)
 
 
 @dataclass
@@ -160,7 +161,9 @@ class StudyConfig:
     episodes: int = 0  # in-context episodes per rollout; 0: eval.episodes
     steps: int = 0  # training steps of every retrained model; 0: train.steps
     decisions: int = 16  # recorded decisions per stream for agreement and KL (training-free)
-    workers: int = 1  # retrained cells trained at once, one process and one torch thread each
+    workers: int = 1  # retrained cells trained at once on this machine (executor local), one process each
+    executor: str = "local"  # where retrained cells run: "local" (this machine) or "ray" (pip install adkit[cluster])
+    address: str = ""  # Ray cluster address with executor "ray" (e.g. "ray://head:10001"); empty: a local Ray instance
 
     def transitions(self, fractions: list[float], n_transit: int) -> list[int]:
         """Budgets in transitions kept: ``round(f * n_transit)`` each, at least 1, duplicates dropped."""
@@ -293,7 +296,7 @@ def parse_overrides(pairs: list[str] | None) -> dict:
 
 # Config keys (prefixes) that may differ when a run is resumed: they do not change what is trained.
 RESUMABLE_CHANGES = ("profile", "eval.", "attention.", "study.", "train.steps", "train.threads", "train.val_every",
-                     "train.extra_seeds")
+                     "train.extra_seeds", "train.tensorboard")
 
 
 def changed_fields(old: Config, new: Config, allowed: tuple[str, ...] = RESUMABLE_CHANGES) -> list[str]:

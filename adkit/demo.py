@@ -7,6 +7,8 @@ sweep that fits in minutes); the notebooks get only the profile, the run directo
 
 from __future__ import annotations
 
+import os
+import sys
 import time
 from pathlib import Path
 
@@ -21,13 +23,16 @@ NOTEBOOKS = ("01_train", "02_extract_attention", "03_metrics", "04_compressors",
 NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"
 
 
-def execute(name: str, run: Run, params: dict, timeout: int = 1800) -> Path:
+def execute(name: str, run: Run, params: dict, timeout: int = 1800, progress: bool = True) -> Path:
     """Run one notebook through papermill in ``notebooks/`` (as JupyterLab would); the executed copy
-    goes to ``run.notebooks``."""
+    goes to ``run.notebooks``. With ``progress``, a bar over its cells and what its cells print
+    (their own progress bars as text lines, :mod:`adkit.progress`) reach this terminal."""
     out = run.notebooks / f"{name}.ipynb"
     out.parent.mkdir(parents=True, exist_ok=True)
+    os.environ["ADKIT_PROGRESS"] = "text"  # the kernel inherits it
     pm.execute_notebook(str(NOTEBOOK_DIR / f"{name}.ipynb"), str(out), parameters=params, cwd=str(NOTEBOOK_DIR),
-                        kernel_name="python3", execution_timeout=timeout, progress_bar=False)
+                        kernel_name="python3", execution_timeout=timeout, progress_bar=progress,
+                        stdout_file=sys.stdout if progress else None)
     return out
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from IPython import get_ipython
 
+from adkit import threads
 from adkit.config import load_config, parse_overrides
 from adkit.run import Run
 
@@ -16,8 +17,10 @@ def setup(profile: str, run_dir: str | None = None, overrides: list[str] | None 
     """The notebook's run. ``new``: built from ``profile`` with ``overrides`` (``SECTION.FIELD=VALUE``
     strings, as ``--set`` takes them); otherwise the run already trained in ``run_dir`` (default
     ``runs/<profile>``), its saved config with ``overrides`` applied. Paths resolve against the
-    project, so the kernel's working directory does not matter. In a kernel, figures show inline
+    project, so the kernel's working directory does not matter; torch threads follow
+    :mod:`adkit.threads`. In a kernel, figures show inline
     (also those the slider panels draw before any pyplot call)."""
+    threads.configure()
     shell = get_ipython()
     if shell is not None:
         shell.run_line_magic("matplotlib", "inline")

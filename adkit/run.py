@@ -9,6 +9,7 @@ Layout of a run directory::
     model.safetensors, model.json      checkpoint
     train_state.safetensors/.json      optimizer and sampler state, to resume
     train_log.csv                      loss and accuracy per validation step
+    tensorboard/                       the same as TensorBoard event files (train.tensorboard)
     replicas.json                      parameter checksums of each process (under torchrun)
     eval/returns.csv, returns.png      in-context returns on held-out tasks (adkit evaluate)
     eval/seeds.csv, returns_seeds.png  the same over training seeds (notebook 01)
@@ -136,6 +137,10 @@ class Run:
     @property
     def train_log(self) -> Path:
         return self.dir / "train_log.csv"
+
+    @property
+    def tensorboard(self) -> Path:
+        return self.dir / "tensorboard"
 
     def seed_run(self, seed: int) -> Run:
         """The run of another training seed of the same recipe (``seeds/seed{S}``)."""

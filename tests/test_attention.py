@@ -295,3 +295,18 @@ def test_cli_attention_end_to_end(tmp_path, monkeypatch, capsys, tiny_run):
         assert (tmp_path / "runs/tiny/attention" / name).exists()
     assert (tmp_path / "figs/attention/layer_0/attention_summary_layer0.png").exists()
     assert load_record("runs/tiny").n_samples == 12
+
+
+def test_window_explorer_titles_count_from_zero_and_the_decision_follows_the_sample(model):
+    ctx = contexts(B=3)
+    ctx.inputs.rewards[1] = 0.0  # window 1 has no rewarded transition
+    rec = record_contexts(model, ctx, "windows")
+    box, draw = explorer(rec, layer=0)
+    fig, sliders = draw.figure, draw.widgets
+    assert fig._suptitle.get_text().split(" | ")[1].startswith("sample 0 (decision at step")
+    sliders["sample"].value = 2
+    assert sliders["decision"].label == str(rec.samples["decision"][2]) and sliders["decision"].disabled
+    assert fig.axes[1].get_legend() is not None  # rewarded transitions marked
+    sliders["sample"].value = 1
+    assert sliders["decision"].label == str(rec.samples["decision"][1])
+    assert fig.axes[1].get_legend() is None  # nothing rewarded: no legend for it

@@ -104,3 +104,16 @@ def test_torchrun_two_cpu_processes_keep_replicas_identical(tmp_path, tiny_hist)
     assert len(sums) == 2 and sums[0] == sums[1]
     log = pd.read_csv(tmp_path / "run" / "train_log.csv")
     assert log["step"].iloc[-1] == 30
+
+
+def test_tensorboard_event_files_hold_the_logged_curves(tmp_path, tiny_hist):
+    event_accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
+    cfg = load_config("tiny", {"train": {"tensorboard": True}})
+    run = Run.create(cfg, tmp_path / "run")
+    train(run, tiny_hist, progress=False)
+    events = event_accumulator.EventAccumulator(str(run.tensorboard))
+    events.Reload()
+    log = pd.read_csv(run.train_log)
+    val = [(e.step, e.value) for e in events.Scalars("loss/val")]
+    assert [s for s, _ in val] == log["step"].tolist()
+    assert [v for _, v in val] == pytest.approx(log["val_loss"].tolist(), abs=1e-4)

@@ -74,7 +74,7 @@ def _vmax(patterns: np.ndarray) -> float:
 def _title(record: AttentionRecord, sample: int) -> str:
     s = record.samples
     what = (f"trajectory {s['trajectory'][sample]}, decision {s['decision'][sample]}" if record.source == "rollout"
-            else f"sample {sample + 1} (decision at step {s['decision'][sample]})")
+            else f"sample {sample} (decision at step {s['decision'][sample]})")
     return f"{what}, task {tuple(int(v) for v in s['task'][sample])}"
 
 
@@ -377,7 +377,8 @@ def draw_explorer(fig: Figure, record: AttentionRecord, layer: int, head: int, s
                   label="rewarded transition")
     _step_axis(right, record, b)
     right.set(xlabel="key transition (stream step)", ylabel="query attention")
-    right.legend(fontsize=8)
+    if len(rewarded):
+        right.legend(fontsize=8)
     which = "heads averaged" if head < 0 else f"head {head}"
     fig.suptitle(f"layer {layer}, {which} | {_title(record, b)}", fontsize=10)
     return fig
@@ -403,5 +404,14 @@ def explorer(record: AttentionRecord, layer: int | None = None, head: int = -1, 
     }
     for s in sliders.values():
         s.continuous_update = False
+
+    def follow_sample(change) -> None:  # the decision slider lists the chosen trajectory's own steps
+        steps = [str(record.samples["decision"][b]) for b in record.trajectory(change["new"])]
+        d = sliders["decision"]
+        index = d.value
+        d.options = [(s, i) for i, s in enumerate(steps)]
+        d.value, d.disabled = min(index, len(steps) - 1), len(steps) == 1
+
+    sliders["sample"].observe(follow_sample, names="value")  # before the panel's redraw
     return widget_panel(Figure(figsize=(11, 4.2), layout="constrained"), sliders,
                         lambda fig, **values: draw_explorer(fig, record, **values))

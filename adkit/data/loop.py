@@ -5,9 +5,10 @@ from __future__ import annotations
 from typing import Protocol
 
 import numpy as np
-from tqdm.auto import tqdm
 
+from adkit import threads
 from adkit.envs import GridVectorEnv
+from adkit.progress import bar
 
 
 class Learner(Protocol):
@@ -40,7 +41,8 @@ def record(env: GridVectorEnv, learner: Learner, steps: int, seed: int = 0, prog
         "dones": np.zeros((n, steps), np.bool_),
     }
     obs, _ = env.reset(seed=seed)
-    for t in tqdm(range(steps), desc=desc, disable=not progress, mininterval=1.0):
+    for t in bar(range(steps), desc=desc, disable=not progress, mininterval=1.0):
+        threads.rebalance()
         actions = learner.act(obs, t)
         reset_obs, rewards, terminated, truncated, info = env.step(actions)
         dones = terminated | truncated

@@ -14,6 +14,7 @@ own batches, rank 0 validates and writes.
 from __future__ import annotations
 
 import csv
+import importlib
 import json
 import math
 import os
@@ -25,9 +26,8 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
-from tqdm.auto import tqdm
 
-from adkit import envs
+from adkit import envs, threads
 from adkit.compress.context import build, compress_window
 from adkit.compress.strategies import Compressor
 from adkit.config import Config, TrainConfig, changed_fields, dump_config, load_config
@@ -36,6 +36,7 @@ from adkit.data.tokens import Tokens
 from adkit.io import atomic_path, write_text
 from adkit.model.checkpoint import load, save
 from adkit.model.transformer import ADTransformer
+from adkit.progress import bar as progress_bar
 from adkit.run import Run
 
 LOG_FIELDS = ["step", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "seconds"]
@@ -143,13 +144,14 @@ class Trainer:
         self.device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available()
                                    else "cpu")
         if self.t.threads:
-            torch.set_num_threads(self.t.threads)
+            threads.configure(self.t.threads)
         torch.manual_seed(self.t.seed)  # identical initial weights on every rank
         self.model = ADTransformer(cfg.model, cfg.env.name, cfg.compress.positions).to(self.device)
         self.net = (torch.nn.parallel.DistributedDataParallel(self.model) if self.ddp else self.model)
         self.opt = make_optimizer(self.model, self.t)
         self.train_sampler, self.val_sampler = samplers(cfg, h, self.rank)
         self.step, self.seconds = 0, 0.0
+        self.board = tensorboard_writer(run) if cfg.train.tensorboard and self.rank == 0 else None
         if run.train_state_json.exists():
             check_resumable(run)
         if self.rank == 0:
@@ -230,7 +232,7 @@ class Trainer:
         ``until`` stops this call early at that step (checkpointed); a later call resumes.
         """
         self.model.train()
-        bar = tqdm(total=self.t.steps, initial=self.step, desc="train", disable=not self.progress or self.rank,
+        bar = progress_bar(total=self.t.steps, initial=self.step, desc="train", disable=not self.progress or self.rank,
                    mininterval=1.0)
         start = time.perf_counter() - self.seconds
         run_loss, run_acc = [], []
@@ -241,6 +243,7 @@ class Trainer:
                 if self.seconds >= time_budget_s:
                     break
                 progress = max(progress, self.seconds / time_budget_s)
+            threads.rebalance()
             lr = lr_at(progress, self.t, self.step)
             for group in self.opt.param_groups:
                 group["lr"] = lr
@@ -271,7 +274,22 @@ class Trainer:
                    "train_acc": f"{np.mean(run_acc):.4f}", "val_loss": f"{val_loss:.4f}",
                    "val_acc": f"{val_acc:.4f}", "seconds": f"{seconds:.1f}"})
         bar.set_postfix(loss=f"{np.mean(run_loss):.3f}", val=f"{val_loss:.3f}", acc=f"{val_acc:.2f}")
+        if self.board is not None:
+            scalars = {"loss/train": np.mean(run_loss), "loss/val": val_loss, "accuracy/train": np.mean(run_acc),
+                       "accuracy/val": val_acc, "lr": lr}
+            for tag, value in scalars.items():
+                self.board.add_scalar(tag, float(value), self.step)
+            self.board.flush()
         self.save()
+
+
+def tensorboard_writer(run: Run):
+    """A TensorBoard ``SummaryWriter`` on ``run.tensorboard`` (TensorBoard is optional: a clear error without it)."""
+    try:
+        board = importlib.import_module("torch.utils.tensorboard")
+    except ImportError:
+        raise ValueError("train.tensorboard needs the tensorboard package: pip install tensorboard") from None
+    return board.SummaryWriter(str(run.tensorboard))
 
 
 def replica_checksum(model: torch.nn.Module) -> float:

@@ -7,6 +7,7 @@ finished cell, and a rerun computes only the missing ones (:func:`run_cells`).
 
 from __future__ import annotations
 
+import importlib
 import multiprocessing
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -15,12 +16,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
 
 from adkit import compress
 from adkit.analysis.metrics import head_profile
 from adkit.data.tokens import Tokens
 from adkit.io import atomic_path
+from adkit.progress import bar
 
 
 def read_table(path: str | Path, columns: Sequence[str]) -> pd.DataFrame:
@@ -37,38 +38,90 @@ def write_table(df: pd.DataFrame, path: str | Path, columns: Sequence[str]) -> P
     return path
 
 
+EXECUTORS = ("local", "ray")
+
+
+class CellsFailed(RuntimeError):
+    """Some cells failed (after their retries); every finished cell is in the table."""
+
+
 def run_cells(path: Path, columns: Sequence[str], cells: Sequence[tuple], key: Callable[[dict], tuple],
               compute: Callable[..., dict], *, desc: str, workers: int = 1, progress: bool = True,
-              finish: Callable[[list[dict]], pd.DataFrame] | None = None) -> pd.DataFrame:
+              finish: Callable[[list[dict]], pd.DataFrame] | None = None, executor: str = "local",
+              address: str = "", retries: int = 2) -> pd.DataFrame:
     """Compute every cell of ``cells`` whose ``key`` has no row in the table at ``path`` yet.
 
     ``compute(*cell)`` returns the cell's row; ``key(row)`` gives the cell tuple of a finished
     row. After each cell the table (``finish(rows)``, default the rows as they are) is rewritten
-    atomically. ``workers > 1`` computes cells in that many spawned processes (``compute`` must
-    then be picklable); a failed cell raises after the finished ones are written.
+    atomically. ``executor="local"``: in this process, or with ``workers > 1`` in that many
+    spawned processes; a failed cell raises after the finished ones are written.
+    ``executor="ray"``: each cell is a Ray task (one CPU) on the cluster at ``address`` (a local
+    Ray instance when empty); a task that fails is retried ``retries`` times, then reported in
+    :class:`CellsFailed` once every other cell has finished. ``compute`` must pickle for both
+    process-based ways.
     """
+    if executor not in EXECUTORS:
+        raise ValueError(f"executor must be one of {EXECUTORS}, got {executor!r}")
     rows = read_table(path, columns).to_dict("records")
     done = {key(r) for r in rows}
     todo = [cell for cell in cells if tuple(cell) not in done]
-    bar = tqdm(total=len(cells), initial=len(cells) - len(todo), desc=desc, disable=not progress)
+    progress_bar = bar(total=len(cells), initial=len(cells) - len(todo), desc=desc, disable=not progress)
 
     def add(row: dict) -> None:
         rows.append(row)
         write_table(finish(rows) if finish else pd.DataFrame(rows, columns=list(columns)), path, columns)
-        bar.update()
+        progress_bar.update()
 
     try:
-        if workers <= 1:
+        if executor == "ray":
+            _run_on_ray(todo, compute, add, address, retries)
+        elif workers <= 1:
             for cell in todo:
-                bar.set_postfix_str(" ".join(map(str, cell)))
+                progress_bar.set_postfix_str(" ".join(map(str, cell)))
                 add(compute(*cell))
         else:
             with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
                 for future in as_completed([pool.submit(compute, *cell) for cell in todo]):
                     add(future.result())
     finally:
-        bar.close()
+        progress_bar.close()
     return read_table(path, columns)
+
+
+def _call(compute: Callable[..., dict], *cell) -> dict:
+    """One cell in a Ray worker (Ray runs functions, not partials)."""
+    return compute(*cell)
+
+
+def _run_on_ray(todo: Sequence[tuple], compute: Callable[..., dict], add: Callable[[dict], None], address: str,
+                retries: int) -> None:
+    """Every cell as a Ray task; rows are added as tasks finish; failures are raised together at the end."""
+    try:
+        ray = importlib.import_module("ray")
+    except ImportError:
+        raise ValueError("study.executor 'ray' needs Ray: pip install 'adkit[cluster]'") from None
+    started = not ray.is_initialized()
+    if started:
+        ray.init(address=address or None, include_dashboard=False, log_to_driver=False)
+    try:
+        task = ray.remote(num_cpus=1, max_retries=retries, retry_exceptions=True)(_call)
+        shared = ray.put(compute)
+        pending = {task.remote(shared, *cell): cell for cell in todo}
+        failed = []
+        while pending:
+            done, _ = ray.wait(list(pending), num_returns=1)
+            cell = pending.pop(done[0])
+            try:
+                add(ray.get(done[0]))
+            except ray.exceptions.RayError as e:
+                cause = getattr(e, "cause", None) or e  # a task's own exception, else Ray's (a lost worker)
+                failed.append(f"{cell}: {type(cause).__name__}: {cause}")
+        if failed:
+            raise CellsFailed(f"{len(failed)} cell(s) failed after {retries} retries (finished cells are kept; "
+                              "run the study again to retry them):\n" + "\n".join(failed))
+    finally:
+        if started:
+            ray.shutdown()
 
 
 def check_budgets(budgets: Sequence[int], n_transit: int) -> list[int]:

@@ -112,7 +112,8 @@ def draw_keeps(fig: Figure, view, name: str, budget: int) -> Figure:
     for ax in (left, right):
         ax.set_xticks(ticks, [str(steps[t]) for t in ticks], fontsize=7)
     right.set(xlabel="transition (stream step; dashed: episode starts)", title=f"kept at budget {budget}")
-    right.legend(fontsize=7, loc="lower right")
+    if len(rewarded):  # above the axes: the query strip fills the bottom
+        right.legend(fontsize=7, loc="lower right", bbox_to_anchor=(1.0, 1.0), frameon=False)
     return fig
 
 

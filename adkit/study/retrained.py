@@ -48,6 +48,7 @@ import pandas as pd
 import torch
 
 from adkit import compress
+from adkit import threads as adkit_threads
 from adkit.analysis.attention import window_contexts
 from adkit.analysis.insights import markdown_table
 from adkit.compress.context import compress_window
@@ -125,7 +126,7 @@ def run_cell(run: Run, name: str, budget: int, seed: int, steps: int, episodes: 
     """Train and evaluate one cell (resuming its training if it was interrupted); returns its row.
     Every argument pickles, so worker processes can run it."""
     if threads:
-        torch.set_num_threads(threads)
+        adkit_threads.configure(threads)
     scorer = load(run.weights)
     n = scorer.cfg.n_transit
     cell = cell_run(run, name, budget, seed, steps, compress_kw, None if root is None else Path(root))
@@ -194,10 +195,12 @@ def retrained_study(run: Run, compressors: Sequence[str] | None = None, budgets:
     if "profile" in names:
         contexts = window_contexts(run.cfg, load_histories(hist), 64, seed=0).inputs
         extra["profile"] = profile_kwargs(scorer, contexts)
-    compute = partial(run_cell, run, steps=steps, episodes=episodes, extra=extra,
-                      threads=1 if st.workers > 1 else 0)
+    parallel = st.workers > 1 or st.executor != "local"
+    threads = max(1, adkit_threads.share() // st.workers) if st.executor == "local" else 1  # per cell process
+    compute = partial(run_cell, run, steps=steps, episodes=episodes, extra=extra, threads=threads if parallel else 0)
     return run_cells(path, COLUMNS, cells, lambda r: (r["compressor"], int(r["budget"]), int(r["seed"])), compute,
-                     desc="retrained study", workers=st.workers, progress=progress, finish=_with_full_return)
+                     desc="retrained study", workers=st.workers, progress=progress, finish=_with_full_return,
+                     executor=st.executor, address=st.address)
 
 
 # ---- both modes in one table ------------------------------------------------------------------------
