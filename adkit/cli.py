@@ -54,14 +54,14 @@ def cmd_collect(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from adkit.data.histories import load
+    from adkit.data.collect import load_for
     from adkit.model.checkpoint import load as load_model
     from adkit.model.train import train
     from adkit.run import require
 
     run = _profile_run(args)
     hist = Path(args.histories) if args.histories else run.histories
-    h = load(require(hist, f"`adkit collect -c {run.cfg.profile} -o {hist}` (notebook 01_train)"))
+    h = load_for(run.cfg, require(hist, f"`adkit collect -c {run.cfg.profile} -o {hist}` (notebook 01_train)"))
     scorer = load_model(args.scorer) if args.scorer else None
     if args.tensorboard:
         run = run.with_config(dataclasses.replace(run.cfg, train=dataclasses.replace(run.cfg.train, tensorboard=True)))
@@ -186,7 +186,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = command("collect", "write learning histories", cmd_collect)
     s.add_argument("-c", "--config", required=True, help="profile name (tiny, quick, paper, ...) or YAML path")
-    s.add_argument("-o", "--out", default=None, help="histories file (default: data/PROFILE-ENV-SOURCE.h5)")
+    s.add_argument("-o", "--out", default=None,
+                   help="histories file (default: data/ENV-SOURCE-ID.h5, ID a hash of env + collect)")
 
     s = command("train", "train the AD transformer", cmd_train)
     s.add_argument("-c", "--config", required=True, help="profile name or YAML path")

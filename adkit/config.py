@@ -10,6 +10,8 @@ below. Unknown keys are an error, so a typo never silently falls back to a defau
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -301,19 +303,32 @@ RESUMABLE_CHANGES = ("profile", "eval.", "attention.", "study.", "train.steps", 
 
 def changed_fields(old: Config, new: Config, allowed: tuple[str, ...] = RESUMABLE_CHANGES) -> list[str]:
     """``"key: old -> new"`` for every field that differs, except keys starting with ``allowed``."""
-    a, b = (_flat(c.to_dict()) for c in (old, new))
+    a, b = (flatten(c.to_dict()) for c in (old, new))
     return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(a.keys() | b.keys())
             if a.get(k) != b.get(k) and not k.startswith(allowed)]
 
 
-def _flat(d: dict, prefix: str = "") -> dict:
+def flatten(d: dict, prefix: str = "") -> dict:
+    """A nested mapping as ``{"section.field": value}``."""
     out = {}
     for k, v in d.items():
         if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}."))
+            out.update(flatten(v, f"{prefix}{k}."))
         else:
             out[f"{prefix}{k}"] = v
     return out
+
+
+def provenance(cfg: Config | dict) -> dict:
+    """What makes a histories file: the task family and the whole ``collect`` section (a config or its dict)."""
+    d = cfg if isinstance(cfg, dict) else cfg.to_dict()
+    return {"env": {"name": d.get("env", {}).get("name")}, "collect": _plain(d.get("collect", {}))}
+
+
+def dataset_id(cfg: Config) -> str:
+    """A short hash of :func:`provenance`: histories files are named by what made them."""
+    text = json.dumps(provenance(cfg), sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:8]
 
 
 def dump_config(cfg: Config) -> str:

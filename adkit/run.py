@@ -33,7 +33,7 @@ from functools import cached_property
 from pathlib import Path
 
 from adkit import envs
-from adkit.config import Config, load_config
+from adkit.config import Config, dataset_id, load_config
 from adkit.paths import home, resolve
 
 MAKERS = {  # what makes each stage's files: named in MissingStage messages
@@ -58,9 +58,11 @@ def require(path: str | os.PathLike, made_by: str) -> Path:
 
 
 def histories_path(cfg: Config, root: Path | None = None) -> Path:
-    """Where a profile's histories live: ``data/{profile}-{env}-{source}.h5`` under ``root``
-    (default the project home)."""
-    return (root or home()) / "data" / f"{cfg.profile}-{envs.spec(cfg.env.name).name}-{cfg.collect.source}.h5"
+    """Where the histories ``cfg`` asks for live: ``data/{env}-{source}-{id}.h5`` under ``root`` (default
+    the project home), ``id`` a hash of the env and collect config (:func:`adkit.config.dataset_id`),
+    so profiles that collect the same data share one file and other data never overwrites it."""
+    name = f"{envs.spec(cfg.env.name).name}-{cfg.collect.source}-{dataset_id(cfg)}.h5"
+    return (root or home()) / "data" / name
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ def test_collect_train_evaluate_doctor(in_tmp, capsys):
     assert main(["doctor", "-c", "tiny"]) == 1
     assert "next: adkit collect -c tiny" in capsys.readouterr().out
     assert main(["collect", "-c", "tiny"]) == 0
-    assert Path("data/tiny-darkroom-psrl.h5").exists()
+    assert len(list(Path("data").glob("darkroom-psrl-*.h5"))) == 1
     assert main(["train", "-c", "tiny", "--run-dir", "runs/tiny"]) == 0
     assert main(["evaluate", "--run-dir", "runs/tiny", "--episodes", "3", "--seeds", "2"]) == 0
     out = capsys.readouterr().out

@@ -1,12 +1,15 @@
 """Histories: sources learn, files round-trip, bad files fail clearly, windows are right."""
 
+import dataclasses
+
 import h5py
 import numpy as np
 import pytest
 
-from adkit.config import from_dict
-from adkit.data.collect import collect
+from adkit.config import from_dict, load_config
+from adkit.data.collect import check_provenance, collect, load_for
 from adkit.data.histories import HistoriesError, WindowSampler, load, save, stride_episodes
+from adkit.run import histories_path
 
 
 @pytest.fixture(scope="module")
@@ -121,8 +124,6 @@ def test_episode_stride_keeps_every_kth_episode_as_its_own_stream(hist):
 
 
 def test_profiles_extend_and_reject_unknown_keys(tmp_path):
-    from adkit.config import load_config
-
     cfg = load_config("paper-psrl")
     assert cfg.profile == "paper-psrl" and cfg.collect.source == "psrl" and cfg.collect.streams == 100
     assert cfg.model.n_transit == 80 and load_config("paper").collect.source == "ppo"
@@ -130,3 +131,18 @@ def test_profiles_extend_and_reject_unknown_keys(tmp_path):
     bad.write_text("train: {stepz: 3}\n")
     with pytest.raises(ValueError, match=r"unknown config key\(s\) \['stepz'\] in train"):
         load_config(bad)
+
+
+def test_histories_are_named_by_what_made_them_and_a_foreign_file_is_refused(tmp_path, tiny_hist):
+    cfg = load_config("tiny")
+    fewer = load_config("tiny", {"collect": {"streams": 3}})
+    same = load_config("quick", {"collect": dataclasses.asdict(cfg.collect), "env": {"name": cfg.env.name}})
+    assert histories_path(cfg, tmp_path) != histories_path(fewer, tmp_path)  # other data, another file
+    assert histories_path(cfg, tmp_path) == histories_path(same, tmp_path)  # same data, one file for both
+    path = save(tiny_hist, histories_path(cfg, tmp_path))
+    assert load_for(cfg, path).shape == tiny_hist.shape
+    with pytest.raises(HistoriesError, match=r"holds other histories.*collect.streams: 4 in the file, 3 asked.*"
+                                             r"adkit collect -c tiny"):
+        load_for(fewer, path)
+    with pytest.raises(HistoriesError, match="env.name: 'darkroom' in the file, 'key-to-door' asked"):
+        check_provenance(tiny_hist, load_config("tiny", {"env": {"name": "key-to-door"}}), path)

@@ -104,6 +104,8 @@ def test_torchrun_two_cpu_processes_keep_replicas_identical(tmp_path, tiny_hist)
     assert len(sums) == 2 and sums[0] == sums[1]
     log = pd.read_csv(tmp_path / "run" / "train_log.csv")
     assert log["step"].iloc[-1] == 30
+    states = json.loads((tmp_path / "run" / "train_state.json").read_text())["sampler_rng"]
+    assert len(states) == 2 and states[0] != states[1]  # each rank resumes its own batch stream
 
 
 def test_tensorboard_event_files_hold_the_logged_curves(tmp_path, tiny_hist):
@@ -117,3 +119,51 @@ def test_tensorboard_event_files_hold_the_logged_curves(tmp_path, tiny_hist):
     val = [(e.step, e.value) for e in events.Scalars("loss/val")]
     assert [s for s, _ in val] == log["step"].tolist()
     assert [v for _, v in val] == pytest.approx(log["val_loss"].tolist(), abs=1e-4)
+
+
+@pytest.mark.slow
+def test_killed_at_random_points_a_resumed_run_matches_an_uninterrupted_one(tmp_path, tiny_hist):
+    """SIGKILL mid-run (mid-checkpoint included), resume, repeat: nothing finished is lost, and the
+    final weights and log equal an uninterrupted run's."""
+    import random
+    import signal
+    import time
+
+    cfg = load_config("tiny", {"train": {"val_every": 2, "steps": 200}})
+    whole = Run.create(cfg, tmp_path / "whole")
+    train(whole, tiny_hist, progress=False)
+    save_histories(tiny_hist, whole.histories)
+    cmd = [sys.executable, "-m", "adkit.cli", "--threads", "1", "train", "-c", "tiny", "--run-dir",
+           str(tmp_path / "killed"), "--set", "train.val_every=2", "train.steps=200"]
+    env = {**os.environ, "ADKIT_HOME": str(whole.home)}
+    rng, committed = random.Random(0), []
+    for _ in range(3):  # killed between 1.5 s (about the start-up) and 3.5 s: mid-training, maybe mid-checkpoint
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(rng.uniform(1.5, 3.5))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        record = tmp_path / "killed" / "checkpoint.json"
+        committed.append(json.loads(record.read_text())["step"] if record.exists() else 0)
+    assert 0 < committed[-1] < 200 and committed == sorted(committed)  # it trained, and was stopped for real
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    killed = Run.open(tmp_path / "killed")
+    a, b = load(whole.dir).state_dict(), load(killed.dir).state_dict()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], msg=k)
+    pd.testing.assert_frame_equal(pd.read_csv(whole.train_log).drop(columns="seconds"),
+                                  pd.read_csv(killed.train_log).drop(columns="seconds"))
+    assert not list(killed.dir.glob("*.next"))
+
+
+def test_a_truncated_training_state_says_what_to_do(tmp_path, tiny_hist):
+    from adkit.model import CheckpointError
+
+    run = Run.create(load_config("tiny"), tmp_path / "run")
+    train(run, tiny_hist, progress=False, until=15)
+    run.train_state_json.write_text('{"step": 1')  # torn
+    with pytest.raises(CheckpointError, match="does not match the checkpoint committed"):
+        train(run, tiny_hist, progress=False)
+    (run.dir / "checkpoint.json").unlink()  # no commit record: the file itself is read, and is torn
+    with pytest.raises(CheckpointError, match="train_state.json or .* is truncated or foreign.*start over"):
+        train(run, tiny_hist, progress=False)

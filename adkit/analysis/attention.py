@@ -47,7 +47,8 @@ import numpy as np
 import torch
 
 from adkit import envs
-from adkit.data.histories import Histories, WindowSampler, load
+from adkit.data.collect import load_for
+from adkit.data.histories import Histories, WindowSampler
 from adkit.data.tokens import INPUTS, Tokens
 from adkit.io import atomic_path, open_hdf5
 from adkit.model.checkpoint import load as load_model
@@ -426,7 +427,7 @@ def extract_run(run: Run, source: str = "windows", progress: bool = False) -> At
     a = run.cfg.attention
     model = load_model(run.require(run.weights, "train"))
     if source == "windows":
-        h = load(run.require(run.histories, "collect"))
+        h = load_for(run.cfg, run.require(run.histories, "collect"))
         contexts = window_contexts(run.cfg, h, a.windows, a.seed)
     else:
         contexts = rollout_contexts(model, run.cfg, a.decisions or None, a.trajectories, a.seed, progress)

@@ -6,10 +6,11 @@ import time
 from pathlib import Path
 
 import numpy as np
+import yaml
 
 from adkit import envs
-from adkit.config import Config, dump_config
-from adkit.data.histories import Histories, load, save
+from adkit.config import Config, dump_config, flatten, provenance
+from adkit.data.histories import Histories, HistoriesError, load, save
 from adkit.data.loop import record
 from adkit.data.sources import make_learner
 from adkit.run import histories_path
@@ -43,9 +44,30 @@ def collect_to_file(cfg: Config, path: str | Path | None = None, progress: bool 
     return path, seconds
 
 
+def check_provenance(h: Histories, cfg: Config, path: str | Path) -> None:
+    """Refuse histories collected with another env or collect config than ``cfg`` asks for,
+    naming every field that differs."""
+    stored = yaml.safe_load(h.config) if h.config else {}
+    have, want = (flatten(provenance(d)) for d in (stored or {}, cfg))
+    diff = [f"{k}: {have.get(k)!r} in the file, {want.get(k)!r} asked" for k in sorted(have.keys() | want.keys())
+            if have.get(k) != want.get(k)]
+    if diff:
+        raise HistoriesError(f"{path} holds other histories than this config asks for ({'; '.join(diff)}); "
+                             f"collect them with `adkit collect -c {cfg.profile}` or pass the matching file")
+
+
+def load_for(cfg: Config, path: str | Path | None = None) -> Histories:
+    """The histories ``cfg`` asks for (at ``path``, default its own file), checked by :func:`check_provenance`."""
+    path = Path(path) if path else histories_path(cfg)
+    h = load(path)
+    check_provenance(h, cfg, path)
+    return h
+
+
 def ensure_histories(cfg: Config, path: str | Path | None = None, progress: bool = True) -> tuple[Histories, Path]:
-    """Load the profile's histories (or ``path``), collecting them first if the file does not exist."""
+    """The histories ``cfg`` asks for (or ``path``), collected first if the file does not exist."""
     path = Path(path) if path else histories_path(cfg)
     if not path.exists():
         collect_to_file(cfg, path, progress=progress)
-    return load(path), path
+    return load_for(cfg, path), path
+

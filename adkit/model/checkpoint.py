@@ -7,7 +7,9 @@ family the model reads and how it numbers a compressed context's positions.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
+import os
 from pathlib import Path
 
 import torch
@@ -26,15 +28,17 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be loaded; the message names the file and the fix."""
 
 
-def save(model: ADTransformer, run_dir) -> None:
-    """Write ``model.safetensors`` and ``model.json`` into ``run_dir`` atomically."""
+def save(model: ADTransformer, run_dir, suffix: str = "") -> list[str]:
+    """Write ``model.safetensors`` and ``model.json`` into ``run_dir`` atomically (each name + ``suffix``,
+    e.g. :data:`PENDING` for a training checkpoint to :func:`commit`); returns the names."""
     run_dir = Path(run_dir)
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    with atomic_path(run_dir / WEIGHTS) as tmp:
+    with atomic_path(run_dir / (WEIGHTS + suffix)) as tmp:
         save_file(state, str(tmp))
     meta = {"format": CKPT_FORMAT, "version": CKPT_VERSION, "env": model.env, "positions": model.positions,
             "model": dataclasses.asdict(model.cfg)}
-    write_text(run_dir / MODEL_JSON, json.dumps(meta, indent=2) + "\n")
+    write_text(run_dir / (MODEL_JSON + suffix), json.dumps(meta, indent=2) + "\n")
+    return [WEIGHTS, MODEL_JSON]
 
 
 def _meta(meta_file: Path) -> dict:
@@ -58,6 +62,7 @@ def load(path, device: str | torch.device = "cpu") -> ADTransformer:
     """
     path = Path(path)
     run_dir = path.parent if path.suffix == ".safetensors" else path
+    recover(run_dir)
     weights, meta_file = run_dir / WEIGHTS, run_dir / MODEL_JSON
     if not weights.exists() or not meta_file.exists():
         raise FileNotFoundError(f"no checkpoint in {run_dir.resolve()} (needs {WEIGHTS} and {MODEL_JSON}); {HINT}")
@@ -78,3 +83,50 @@ def load(path, device: str | torch.device = "cpu") -> ADTransformer:
         raise CheckpointError(f"{weights} does not match the config in {meta_file}: tensors {diff[:5]} differ")
     model.load_state_dict(state)
     return model.eval()
+
+
+# ---- a training checkpoint as one atomic unit -----------------------------------------------------------
+COMMIT = "checkpoint.json"  # written last: the step and the sha256 of every file of the checkpoint
+PENDING = ".next"  # suffix of a file written for the next checkpoint, not yet in place
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def commit(run_dir: Path, names: list[str], step: int) -> None:
+    """Make the files ``NAME.next`` in ``run_dir`` the checkpoint, all or nothing.
+
+    The commit record (:data:`COMMIT`, with each file's hash) is written atomically first; the files
+    are then moved into place. A crash before the record leaves the previous checkpoint whole (the
+    ``.next`` files are dropped by :func:`recover`); a crash after it is finished by :func:`recover`.
+    """
+    record = {"step": step, "files": {name: _sha256(run_dir / (name + PENDING)) for name in names}}
+    write_text(run_dir / COMMIT, json.dumps(record, indent=1) + "\n")
+    for name in names:
+        os.replace(run_dir / (name + PENDING), run_dir / name)
+
+
+def recover(run_dir: Path) -> None:
+    """Bring ``run_dir`` to its last committed checkpoint (see :func:`commit`); a no-op when it is there.
+
+    Raises :class:`CheckpointError` when a file matches neither the record nor its pending copy."""
+    record_file = run_dir / COMMIT
+    if not record_file.exists():
+        return
+    try:
+        record = json.loads(record_file.read_text())
+        files = dict(record["files"])
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
+        raise CheckpointError(f"{record_file} is unreadable ({e}); train into a new run directory") from None
+    for name, digest in files.items():
+        path, pending = run_dir / name, run_dir / (name + PENDING)
+        if path.exists() and _sha256(path) == digest:
+            continue
+        if pending.exists() and _sha256(pending) == digest:
+            os.replace(pending, path)  # committed but not yet moved when the process stopped
+            continue
+        raise CheckpointError(f"{path} does not match the checkpoint committed in {record_file} (step "
+                              f"{record.get('step')}); train into a new run directory")
+    for stale in run_dir.glob("*" + PENDING):  # written for a checkpoint that was never committed
+        stale.unlink()

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from adkit import envs, threads
@@ -34,7 +35,7 @@ from adkit.config import Config, TrainConfig, changed_fields, dump_config, load_
 from adkit.data.histories import Histories, WindowSampler
 from adkit.data.tokens import Tokens
 from adkit.io import atomic_path, write_text
-from adkit.model.checkpoint import load, save
+from adkit.model.checkpoint import PENDING, CheckpointError, commit, load, recover, save
 from adkit.model.transformer import ADTransformer
 from adkit.progress import bar as progress_bar
 from adkit.run import Run
@@ -161,12 +162,18 @@ class Trainer:
 
     # ---- state ------------------------------------------------------------------------------------
     def _maybe_resume(self) -> None:
+        recover(self.run_dir)  # finish (or drop) a checkpoint a crash interrupted
         meta_file = self.run.train_state_json
         if not meta_file.exists():
             return
-        meta = json.loads(meta_file.read_text())
+        fix = "delete the run directory to start over, or train into a new one"
+        try:
+            meta = json.loads(meta_file.read_text())
+            tensors = load_file(str(self.run.train_state))
+        except (OSError, ValueError, UnicodeDecodeError, SafetensorError) as e:
+            raise CheckpointError(f"{meta_file} or {self.run.train_state} is truncated or foreign "
+                                  f"({e.__class__.__name__}: {e}); {fix}") from None
         self.model.load_state_dict(load(self.run_dir).state_dict())
-        tensors = load_file(str(self.run.train_state))
         torch.set_rng_state(tensors.pop("torch_rng"))
         self.compress_rng.set_state(tensors.pop("compress_rng"))
         state = {int(k.split(".")[0]): {} for k in tensors}
@@ -174,24 +181,49 @@ class Trainer:
             i, name = key.split(".", 1)
             state[int(i)][name] = value
         self.opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+        # each rank continues its own batch stream (a run resumed with more ranks reuses them in turn)
         self.train_sampler.rng.bit_generator.state = meta["sampler_rng"][self.rank % len(meta["sampler_rng"])]
+        self.val_sampler.rng.bit_generator.state = meta["val_sampler_rng"]  # the same validation batches
         self.step, self.seconds = meta["step"], meta["seconds"]
+        if self.rank == 0:
+            self._trim_log()
 
-    def save(self) -> None:
-        """Checkpoint weights and training state (rank 0; atomic)."""
+    def _trim_log(self) -> None:
+        """Keep the log consistent with the checkpoint: rows up to its step, no torn last line."""
+        path = self.run.train_log
+        if not path.exists():
+            return
+        lines = path.read_text().splitlines()
+        kept = [lines[0]] + [ln for ln in lines[1:] if _log_step(ln) is not None and _log_step(ln) <= self.step]
+        if kept != lines:
+            write_text(path, "\n".join(kept) + "\n")
+
+    def _sampler_states(self) -> list[dict]:
+        """Every rank's training sampler state, in rank order (a collective under torchrun)."""
+        mine = self.train_sampler.rng.bit_generator.state
+        if not self.ddp:
+            return [mine]
+        states = [None] * dist.get_world_size()
+        dist.all_gather_object(states, mine)
+        return states
+
+    def save(self, sampler_states: list[dict] | None = None) -> None:
+        """Checkpoint weights and training state as one unit (rank 0; :func:`adkit.model.checkpoint.commit`)."""
         if self.rank != 0:
             return
-        save(self.model, self.run_dir)
+        names = save(self.model, self.run_dir, suffix=PENDING)
         opt = self.opt.state_dict()
         tensors = {f"{i}.{name}": v.detach().cpu().contiguous()
                    for i, s in opt["state"].items() for name, v in s.items()}
         tensors["torch_rng"] = torch.get_rng_state()  # dropout noise continues where it stopped
         tensors["compress_rng"] = self.compress_rng.get_state()
-        with atomic_path(self.run.train_state) as tmp:
+        with atomic_path(self.run_dir / (self.run.train_state.name + PENDING)) as tmp:
             save_file(tensors, str(tmp))
         meta = {"step": self.step, "seconds": self.seconds, "param_groups": opt["param_groups"],
-                "sampler_rng": [self.train_sampler.rng.bit_generator.state]}
-        write_text(self.run.train_state_json, json.dumps(meta))
+                "sampler_rng": sampler_states or self._sampler_states(),
+                "val_sampler_rng": self.val_sampler.rng.bit_generator.state}
+        write_text(self.run_dir / (self.run.train_state_json.name + PENDING), json.dumps(meta))
+        commit(self.run_dir, [*names, self.run.train_state.name, self.run.train_state_json.name], self.step)
 
     # ---- loop -------------------------------------------------------------------------------------
     def batch(self, sampler: WindowSampler) -> Tokens:
@@ -267,6 +299,7 @@ class Trainer:
 
     def _checkpoint(self, lr, run_loss, run_acc, seconds, bar) -> None:
         self.seconds = seconds
+        sampler_states = self._sampler_states()  # every rank takes part
         if self.rank != 0:
             return
         val_loss, val_acc = self.validate()
@@ -280,7 +313,18 @@ class Trainer:
             for tag, value in scalars.items():
                 self.board.add_scalar(tag, float(value), self.step)
             self.board.flush()
-        self.save()
+        self.save(sampler_states)
+
+
+def _log_step(line: str) -> int | None:
+    """The step of one ``train_log.csv`` row, None for a torn one."""
+    fields = line.split(",")
+    if len(fields) != len(LOG_FIELDS):
+        return None
+    try:
+        return int(fields[0])
+    except ValueError:
+        return None
 
 
 def tensorboard_writer(run: Run):

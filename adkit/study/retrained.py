@@ -53,7 +53,7 @@ from adkit.analysis.attention import window_contexts
 from adkit.analysis.insights import markdown_table
 from adkit.compress.context import compress_window
 from adkit.compress.cost import attention_flops, causal_pairs, decision_cost, peak_allocated_mb, time_ms
-from adkit.data.histories import load as load_histories
+from adkit.data.collect import load_for
 from adkit.io import write_text
 from adkit.model.checkpoint import load
 from adkit.model.evaluate import rollout
@@ -130,7 +130,7 @@ def run_cell(run: Run, name: str, budget: int, seed: int, steps: int, episodes: 
     scorer = load(run.weights)
     n = scorer.cfg.n_transit
     cell = cell_run(run, name, budget, seed, steps, compress_kw, None if root is None else Path(root))
-    trainer = Trainer(cell, load_histories(run.require(run.histories, "collect")), progress=progress,
+    trainer = Trainer(cell, load_for(run.cfg, run.require(run.histories, "collect")), progress=progress,
                       scorer=scorer, compressor_kw=extra.get(name, {}))
     trainer.fit()
     train_ms, train_mb = train_step_cost(trainer)
@@ -193,7 +193,7 @@ def retrained_study(run: Run, compressors: Sequence[str] | None = None, budgets:
     cells = [(c, b, s) for s in seeds for c, bs in [("none", [n]), *((c, budgets) for c in names)] for b in bs]
     extra = {}
     if "profile" in names:
-        contexts = window_contexts(run.cfg, load_histories(hist), 64, seed=0).inputs
+        contexts = window_contexts(run.cfg, load_for(run.cfg, hist), 64, seed=0).inputs
         extra["profile"] = profile_kwargs(scorer, contexts)
     parallel = st.workers > 1 or st.executor != "local"
     threads = max(1, adkit_threads.share() // st.workers) if st.executor == "local" else 1  # per cell process
@@ -357,7 +357,7 @@ def attention_shift(run: Run, name: str, budget: int, seed: int = 0, contexts: i
     full = load(run.require(run.weights, "train"))
     cell = Run.open(run.require(run.cell(name, budget, seed), "study"))
     small = load(cell.weights)
-    h = load_histories(run.require(run.histories, "collect"))
+    h = load_for(run.cfg, run.require(run.histories, "collect"))
     inputs = window_contexts(run.cfg, h, contexts, seed=seed).inputs  # (B, n_transit, ·)
     compressor = window_compressor(cell.cfg, scorer=full)
     kept = compress_window(compressor, inputs, small.positions, full, torch.Generator().manual_seed(seed))
