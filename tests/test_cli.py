@@ -54,7 +54,8 @@ def test_compress_demo_prints_every_strategy(capsys):
 
     assert main(["compress", "--demo"]) == 0
     out = capsys.readouterr().out
-    assert all(f"  {name} " in out for name in COMPRESSORS)
+    assert all(f"({name})" in out for name in COMPRESSORS)
+    assert out.count("Original length: 50") == len(COMPRESSORS) and "Memory reduction: 80.0%" in out
 
 
 @pytest.mark.slow

@@ -355,11 +355,28 @@ def test_original_toolkit_shapes_one_hot_actions_and_trailing_rewards():
         C.RecencyCompressor(4).compress(s, one_hot[:, :5], r3, s2)
 
 
-def test_demo_prints_one_line_per_strategy(capsys):
-    C.demo()
-    lines = capsys.readouterr().out.strip().splitlines()[1:]
-    assert [line.split()[0] for line in lines] == NAMES
-    assert lines[2].endswith("[14, 15, 16, 17, 18, 19]")  # recency, budget 6 of 20
+def test_demo_reports_each_strategy_on_the_original_shapes(capsys):
+    C.demo(n=20, budget=6)
+    out = capsys.readouterr().out
+    assert "one-hot actions (4, 20, 5), rewards (4, 20, 1)" in out
+    blocks = out.split("\n\n")[1:]  # one per registry entry
+    assert [b.split("(")[1].split(")")[0] for b in blocks] == NAMES
+    recency = blocks[NAMES.index("recency")]
+    assert "Compressed length: 6" in recency and "Compression ratio: 0.30" in recency
+    assert "Memory reduction: 70.0%" in recency and recency.endswith("[14, 15, 16, 17, 18, 19]")
+
+
+def test_cache_attention_serves_the_next_call_only():
+    """The original's integration: ``cache_attention(weights)`` then ``compress(...)`` without attention."""
+    batch, pattern = data(2, 16), peaked(2, 16, [[3], [9]])
+    c = C.AttentionBasedCompressor(target_length=1)
+    c.cache_attention(pattern)
+    assert c.select(*batch).tolist() == [[3], [9]]
+    with pytest.raises(ValueError, match="needs attention"):
+        c.select(*batch)  # dropped after one use: never a stale pattern
+    c.cache_attention(peaked(2, 16, [[5], [5]]))
+    assert c.select(*batch, peaked(2, 16, [[1], [2]])).tolist() == [[1], [2]]  # an explicit one wins
+    assert c.select(*batch, pattern).tolist() == [[3], [9]] and c.compress(*batch, pattern)[1].shape == (2, 1)
 
 
 def test_profile_rules_match_head_profile_names():

@@ -205,6 +205,12 @@ class Compressor:
         """Transitions to keep for this batch (one K per batch)."""
         return self.budget
 
+    def cache_attention(self, weights) -> None:
+        """The original toolkit's way to hand over attention: ``weights`` (any form ``select`` takes)
+        serve the next ``compress`` / ``select`` call only, then are dropped, so a stale pattern is never
+        reused. Passing ``attention=`` to the call is the recommended way."""
+        self._cached_attention = weights
+
     def score(self, h: Transitions, k: int) -> Tensor:
         """``(B, n)`` scores; the k highest of each row are kept."""
         raise NotImplementedError
@@ -212,6 +218,9 @@ class Compressor:
     def select(self, states, actions, rewards, next_states, attention=None, *,
                positions=None, generator=None, context: Tokens | None = None) -> Tensor:
         """-> ``(B, K)`` int64 indices into the n transitions, ascending per row."""
+        if attention is None:
+            attention = getattr(self, "_cached_attention", None)
+        self._cached_attention = None  # used by (at most) this one call
         h = Transitions.build(type(self).__name__, states, actions, rewards, next_states,
                               attention, positions, generator, context)
         k = self.keep_count(h)
@@ -573,25 +582,43 @@ def make(name: str, budget: int, **kw) -> Compressor:
     return COMPRESSORS[name](budget=budget, **kw)
 
 
-def demo(n: int = 20, budget: int = 6, seed: int = 0) -> None:
-    """Print what each strategy keeps of row 0 of random dummy data."""
+def demo(n: int = 50, budget: int = 10, batch: int = 4, n_actions: int = 5, seed: int = 0) -> None:
+    """The original toolkit's compressor demo: dummy histories in its shapes (states ``(B, n, 2)``,
+    one-hot actions ``(B, n, A)``, rewards ``(B, n, 1)``), each strategy's report (original and
+    compressed length, ratio, memory reduction) and what it keeps of row 0."""
     g = torch.Generator().manual_seed(seed)
-    B, H, T = 2, 4, n + 1
-    states, next_states = torch.randn(B, n, 2, generator=g), torch.randn(B, n, 2, generator=g)
-    actions = torch.randint(0, 5, (B, n), generator=g)
-    rewards = (torch.rand(B, n, generator=g) < 0.2).float()
+    T = n + 1
+    states = torch.randint(0, 9, (batch, n, 2), generator=g)  # (B, n, 2) grid positions
+    next_states = torch.randint(0, 9, (batch, n, 2), generator=g)
+    actions = F.one_hot(torch.randint(0, n_actions, (batch, n), generator=g), n_actions).float()  # (B, n, A)
+    rewards = (torch.rand(batch, n, 1, generator=g) < 0.2).float()  # (B, n, 1)
     causal = torch.ones(T, T, dtype=torch.bool).tril()
-    pattern = torch.randn(B, H, T, T, generator=g).mul(2).masked_fill(~causal, -math.inf).softmax(-1)  # (B, H, T, T)
+    logits = torch.randn(batch, 4, T, T, generator=g).mul(2).masked_fill(~causal, -math.inf)  # (B, H, T, T)
+    pattern = logits.softmax(-1)
+
     def policy(h: Transitions, keep: Tensor) -> Tensor:  # logits that grow with the reward kept
         reward = h.reward.repeat_interleave(keep.shape[0] // h.reward.shape[0], 0)  # (B * r, n)
         return gather(keep, reward)[0].mean(1, keepdim=True) * torch.arange(3.0)  # (B * r, 3)
 
-    extra = {"best-episode": {"horizon": 5}, "profile": {"rule": "heavy"}, "snapkv": {"window": 4},
-             "oracle": {"policy": policy}, "threshold": {"threshold": 0.06, "min_keep": 2}}
-    print(f"{B} rows x {n} transitions, budget {budget}; kept indices of row 0:")
-    for name in COMPRESSORS:
-        kept = make(name, budget, **extra.get(name, {})).select(states, actions, rewards, next_states, pattern)
-        print(f"  {name:<14} {kept[0].tolist()}")
+    extra = {"best-episode": {"horizon": 10}, "profile": {"rule": "heavy"}, "snapkv": {"window": 4},
+             "oracle": {"policy": policy}, "threshold": {"threshold": 0.03, "min_keep": 2}}
+    tensors = (states, actions, rewards, next_states)
+    size = sum(t.numel() * t.element_size() for t in tensors)
+    print(f"dummy histories: {batch} rows x {n} transitions (states {tuple(states.shape)}, one-hot actions "
+          f"{tuple(actions.shape)}, rewards {tuple(rewards.shape)}), budget {budget}")
+    for name, cls in COMPRESSORS.items():
+        c = make(name, budget, **extra.get(name, {}))
+        if c.needs_attention:
+            c.cache_attention(pattern)  # the original's call; attention=pattern does the same
+        kept = c.compress(*tensors)
+        after = sum(t.numel() * t.element_size() for t in kept)
+        print(f"\n{cls.__name__} ({name})")
+        print(f"  Original length: {n}")
+        print(f"  Compressed length: {kept[1].shape[1]}")
+        print(f"  Compression ratio: {kept[1].shape[1] / n:.2f}")
+        print(f"  Memory reduction: {1 - after / size:.1%}")
+        if kept[1].shape[1] < n:
+            print(f"  kept of row 0: {c.select(*tensors, attention=pattern)[0].tolist()}")
 
 
 __all__ = ["COMPRESSORS", "RULES", "Compressor", "Transitions", "gather", "keep_top", "make", "demo", "rule_compressor",
