@@ -11,10 +11,11 @@ with random weights reads random contexts of ``--transit`` consecutive transitio
    1,000 x 80) against the original's loop, which re-runs the model once per layer
    per sample and keeps that layer's pattern. Also the float16 write of the file.
 2. The original figure set for every layer x ``--samples`` samples: adkit (extract,
-   then :func:`adkit.analysis.figures.save_original_set` at 120 dpi, target 30 s) against
-   the original's way: per layer and sample, re-run the model, seaborn heatmaps of
-   every head (14x10 in), the line plot (14x6 in) and per layer the 4-histogram
-   summary (14x10 in), all saved at 300 dpi with ``bbox_inches="tight"``.
+   then :func:`adkit.analysis.figures.save_original_set`, target 30 s) against the
+   original's way: per layer and sample, re-run the model, seaborn heatmaps of every
+   head (14x10 in), the line plot (14x6 in) and per layer the 4-histogram summary
+   (14x10 in), with ``bbox_inches="tight"``. Both sides save at ``--dpi`` (default
+   300, the original's; adkit's own default is 120).
 
 ``--baseline-layers`` / ``--baseline-contexts`` time the baseline on fewer layers or
 contexts and scale it linearly (its cost is a sum of identical per-layer, per-sample
@@ -78,7 +79,7 @@ def original_extraction(model, inputs, layers: int, contexts: int) -> None:
             original_pattern(model, inputs, b, layer)
 
 
-def original_figures(model, inputs, layers: int, samples: int, out: Path) -> None:
+def original_figures(model, inputs, layers: int, samples: int, out: Path, dpi: int) -> None:
     """The original's figure loop: re-run per layer and sample, seaborn heatmaps, 300-dpi PNGs."""
     for layer in range(layers):
         folder = out / f"layer_{layer}"
@@ -91,7 +92,7 @@ def original_figures(model, inputs, layers: int, samples: int, out: Path) -> Non
                 sns.heatmap(p, cmap="Reds", ax=ax, cbar=True, xticklabels=False, yticklabels=False)
                 ax.set(title=f"Head {i + 1}", xlabel="Key Position", ylabel="Query Position")
             fig.tight_layout()
-            fig.savefig(folder / f"attention_heatmap_sample{b}_layer{layer}.png", dpi=300, bbox_inches="tight")
+            fig.savefig(folder / f"attention_heatmap_sample{b}_layer{layer}.png", dpi=dpi, bbox_inches="tight")
             plt.close(fig)
             mean = heads.mean(0)  # (T, T)
             fig, (a1, a2) = plt.subplots(1, 2, figsize=(14, 6))
@@ -102,7 +103,7 @@ def original_figures(model, inputs, layers: int, samples: int, out: Path) -> Non
                 ax.legend()
                 ax.grid(True, alpha=0.3)
             fig.tight_layout()
-            fig.savefig(folder / f"attention_lines_sample{b}_layer{layer}.png", dpi=300, bbox_inches="tight")
+            fig.savefig(folder / f"attention_lines_sample{b}_layer{layer}.png", dpi=dpi, bbox_inches="tight")
             plt.close(fig)
             ctx = mean[-1, :-1]
             stats.append([ctx.mean(), ctx.std(), -(ctx * np.log(ctx + 1e-10)).sum(), ctx[-len(ctx) // 4:].mean()
@@ -112,13 +113,13 @@ def original_figures(model, inputs, layers: int, samples: int, out: Path) -> Non
             ax.hist(column, bins=30, alpha=0.7, edgecolor="black")
             ax.axvline(column.mean(), color="r", ls="--")
         fig.tight_layout()
-        fig.savefig(folder / f"attention_summary_layer{layer}.png", dpi=300, bbox_inches="tight")
+        fig.savefig(folder / f"attention_summary_layer{layer}.png", dpi=dpi, bbox_inches="tight")
         plt.close(fig)
 
 
-def adkit_figures(model, samples: int, transit: int, out: Path) -> None:
+def adkit_figures(model, samples: int, transit: int, out: Path, dpi: int) -> None:
     record = record_contexts(model, random_contexts(samples, transit, seed=1), "windows")
-    save_original_set(record, out, samples, stats=layer_stats(record))
+    save_original_set(record, out, samples, dpi=dpi, stats=layer_stats(record))
 
 
 def main() -> None:
@@ -128,6 +129,7 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=5, help="samples per layer in the figure set")
     ap.add_argument("--baseline-layers", type=int, default=None, help="time the original on fewer layers, scale up")
     ap.add_argument("--baseline-contexts", type=int, default=None, help="... and on fewer contexts, scale up")
+    ap.add_argument("--dpi", type=int, default=300, help="resolution of both figure sets (the original saves 300)")
     ap.add_argument("--out", default=None, help="where figures and the file go (default: a temporary folder)")
     args = ap.parse_args()
 
@@ -157,14 +159,15 @@ def main() -> None:
     print(f"   original, per layer x sample {o_wall:6.2f} / {o_cpu:5.2f} s{scaled}   "
           f"ratio {o_wall / wall:.1f}x wall, {o_cpu / cpu:.1f}x CPU")
 
-    f_wall, f_cpu = timed(adkit_figures, model, args.samples, args.transit, out / "adkit_figs")
+    f_wall, f_cpu = timed(adkit_figures, model, args.samples, args.transit, out / "adkit_figs", args.dpi)
     inputs = random_contexts(args.samples, args.transit, seed=1).inputs
     b_wall, b_cpu = (t * L / bl for t in timed(original_figures, model, inputs, bl, args.samples,
-                                                  out / "original_figs"))
+                                                  out / "original_figs", args.dpi))
     scaled = f" (scaled from {bl} layers)" if bl != L else ""
-    print(f"\n2. the original figure set, {L} layers x {args.samples} samples ({L * (2 * args.samples + 1)} PNGs)")
-    print(f"   adkit (extract + 120 dpi)    {f_wall:6.2f} / {f_cpu:5.2f} s   (target 30 s)")
-    print(f"   original (re-run, 300 dpi)   {b_wall:6.2f} / {b_cpu:5.2f} s{scaled}   "
+    print(f"\n2. the original figure set, {L} layers x {args.samples} samples ({L * (2 * args.samples + 1)} PNGs), "
+          f"both at {args.dpi} dpi")
+    print(f"   adkit (extract + save)       {f_wall:6.2f} / {f_cpu:5.2f} s   (target 30 s)")
+    print(f"   original (re-run + save)     {b_wall:6.2f} / {b_cpu:5.2f} s{scaled}   "
           f"ratio {b_wall / f_wall:.1f}x wall, {b_cpu / f_cpu:.1f}x CPU")
 
 

@@ -52,8 +52,9 @@ def run_seed(cfg, h, run_dir: Path, time_budget: float = 0.0) -> dict:
 
 
 def fmt(values) -> str:
+    """Mean +- sample std (ddof=1) over seeds; one seed has no spread."""
     v = np.asarray(values, dtype=float)
-    return f"{v.mean():.2f} +- {v.std():.2f}"
+    return f"{v.mean():.2f} +- {v.std(ddof=1):.2f}" if len(v) > 1 else f"{v.mean():.2f} (1 seed)"
 
 
 def main() -> None:

@@ -305,7 +305,8 @@ def test_window_explorer_titles_count_from_zero_and_the_decision_follows_the_sam
     fig, sliders = draw.figure, draw.widgets
     assert fig._suptitle.get_text().split(" | ")[1].startswith("sample 0 (decision at step")
     sliders["sample"].value = 2
-    assert sliders["decision"].label == str(rec.samples["decision"][2]) and sliders["decision"].disabled
+    assert sliders["decision"].label == str(rec.samples["decision"][2])
+    assert sliders["decision"].layout.display == "none"  # one decision per window: hidden, not a dead control
     assert fig.axes[1].get_legend() is not None  # rewarded transitions marked
     sliders["sample"].value = 1
     assert sliders["decision"].label == str(rec.samples["decision"][1])

@@ -80,3 +80,21 @@ def test_summary_numbers_on_hand_made_returns():
     assert s["episodes_to_80pct"] is None  # the mean curve peaks at 75%
     # first rewarded episodes 3, never (5), 1, 2 -> median 2.5; one of four never rewarded
     assert s["first_reward_median"] == 2.5 and s["never_rewarded"] == 0.25
+
+
+def test_dicp_re_encode_is_another_function_once_streams_outgrow_the_window():
+    """With 2+ layers a cached decision sees n_layer x (n_transit - 1) + 1 transitions back; DICP's
+    re-encode of the last n_transit sees n_transit: equal while the stream fits, different after."""
+    torch.manual_seed(0)
+    m = ADTransformer(ModelConfig(n_transit=6, tf_n_embd=16, tf_n_layer=2, tf_n_head=2, tf_n_inner=32)).eval()
+    res = rollout(m, "darkroom", [(0, 0), (8, 8)], seeds=[0], episodes=1, progress=False)
+    traj = res.trajectories
+    with torch.no_grad():
+        whole = m(**traj.window(20, 20))  # the sliding-window model over the whole history
+        cache = m.new_cache(2)
+        steps = [m.step(cache, traj.states[:, t], traj.actions[:, t], traj.rewards[:, t], traj.next_states[:, t],
+                        traj.states[:, t + 1]) for t in range(20)]
+        dicp = [m(**traj.window(t + 1, 6))[:, -1] for t in range(20)]  # the last 6 transitions re-encoded
+    torch.testing.assert_close(torch.stack(steps, 1), whole, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(dicp[5], steps[5], atol=1e-5, rtol=1e-4)  # 6 transitions: the window holds all
+    assert (torch.stack(dicp[12:]) - torch.stack(steps[12:])).abs().max() > 1e-3  # 13+: layer 2 reaches further

@@ -269,7 +269,8 @@ def plot_trajectory(record: AttentionRecord, trajectory: int, layer: int, head: 
     which = "heads averaged" if head is None else f"head {head}"
     ax.set(xlabel="transitions back from the decision (0 = the query's own token)", ylabel="decision step",
            title=f"Trajectory {trajectory}, layer {layer} ({which}): query attention along the rollout")
-    ax.legend(fontsize=8, loc="lower left")
+    if len(d):  # above the rows, never over them
+        ax.legend(fontsize=8, loc="lower right", bbox_to_anchor=(1.0, 1.0), frameon=False)
     fig.tight_layout()
     return fig
 
@@ -399,9 +400,10 @@ def explorer(record: AttentionRecord, layer: int | None = None, head: int = -1, 
                                   description="head"),
         "sample": w.IntSlider(value=sample, min=0, max=record.n_trajectories - 1, description="sample"),
         "decision": w.SelectionSlider(options=[(s, i) for i, s in enumerate(steps)],
-                                      value=min(decision, len(steps) - 1),
-                                      description="decision", disabled=len(steps) == 1),
+                                      value=min(decision, len(steps) - 1), description="decision"),
     }
+    if len(steps) == 1:  # window records: one decision per sample, no slider to show
+        sliders["decision"].layout.display = "none"
     for s in sliders.values():
         s.continuous_update = False
 
@@ -410,7 +412,8 @@ def explorer(record: AttentionRecord, layer: int | None = None, head: int = -1, 
         d = sliders["decision"]
         index = d.value
         d.options = [(s, i) for i, s in enumerate(steps)]
-        d.value, d.disabled = min(index, len(steps) - 1), len(steps) == 1
+        d.value = min(index, len(steps) - 1)
+        d.layout.display = "none" if len(steps) == 1 else None  # a window has one decision: nothing to move
 
     sliders["sample"].observe(follow_sample, names="value")  # before the panel's redraw
     return widget_panel(Figure(figsize=(11, 4.2), layout="constrained"), sliders,

@@ -92,7 +92,8 @@ def draw_keeps(fig: Figure, view, name: str, budget: int) -> Figure:
     left.scatter(rewarded, np.full(len(rewarded), -1.5), marker="v", color="tab:green", s=14, clip_on=False)
     left.yaxis.set_major_locator(MaxNLocator(integer=True))
     left.set(xlabel="key transition (grey: dropped)", ylabel="query token",
-             title=f"{name} keeps {n - len(dropped)} of {n}", ylim=(len(pattern) - 0.5, -2.5))
+             title=f"{name} keeps {n - len(dropped)} of {n}",
+             ylim=(len(pattern) - 0.5, -2.5 if len(rewarded) else -0.5))  # room for the reward marks
     keep = np.zeros((len(view.names), n))
     for i, other in enumerate(view.names):
         keep[i, view.kept(other, budget)] = 1
@@ -107,7 +108,7 @@ def draw_keeps(fig: Figure, view, name: str, budget: int) -> Figure:
             ax.axvline(s - 0.5, color="0.3", ls="--", lw=0.7)
     right.set_yticks(list(range(len(view.names))) + [len(view.names) + 0.8], view.names + ["query attention"],
                      fontsize=7)
-    right.set_ylim(len(view.names) + 1.5, -1.5)
+    right.set_ylim(len(view.names) + 1.5, -1.5 if len(rewarded) else -0.5)
     ticks = np.concatenate([[0], starts[(starts > n // 20) & (starts < n - 1 - n // 20)], [n - 1]])
     for ax in (left, right):
         ax.set_xticks(ticks, [str(steps[t]) for t in ticks], fontsize=7)
