@@ -1,7 +1,6 @@
 """adkit.metrics against hand-computed values, edge cases and random softmax rows."""
 
 import math
-import time
 
 import numpy as np
 import pytest
@@ -338,14 +337,16 @@ def test_stats_table_rows_match_attention_stats():
     assert entry["sink_mass"] == rows[1, 2, 3, 0]
 
 
-def test_stats_table_is_fast_on_a_full_grid():
+def test_stats_table_covers_a_full_grid_once_per_layer_sample_and_head():
+    """Its speed is a benchmark (benchmarks/bench_attention.py), not a test; here, what it holds."""
     logits = np.random.default_rng(4).normal(size=(4, 1000, 4, 80)).astype(np.float32)  # (L, B, H, T)
-    patterns = patterns_from_rows(torch.softmax(torch.from_numpy(logits), -1).numpy())  # (L, B, H, T, T) view
-    start = time.perf_counter()
-    table = stats_table(patterns)
-    elapsed = time.perf_counter() - start
+    rows = torch.softmax(torch.from_numpy(logits), -1).numpy()
+    table = stats_table(patterns_from_rows(rows))  # (L, B, H, T, T) view
     assert len(table) == 16_000
-    assert elapsed < 1.0, f"stats_table took {elapsed:.2f} s"
+    assert len({(e["layer"], e["sample"], e["head"]) for e in table}) == 16_000
+    entry = next(e for e in table if (e["layer"], e["sample"], e["head"]) == (3, 777, 2))
+    expected = attention_stats(patterns_from_rows(rows[3, 777, 2]))
+    assert {key: entry[key] for key in STAT_KEYS} == pytest.approx(expected)
 
 
 # ---------------------------------------------------------------- properties

@@ -1,15 +1,19 @@
 """Trainer: targets, loss modes, logs, atomic resumable checkpoints, DDP replicas."""
 
+import dataclasses
 import json
+import math
 import os
 import subprocess
 import sys
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
 
 from adkit.config import load_config
+from adkit.data.histories import WindowSampler
 from adkit.data.histories import save as save_histories
 from adkit.data.tokens import Tokens
 from adkit.model import load
@@ -167,3 +171,28 @@ def test_a_truncated_training_state_says_what_to_do(tmp_path, tiny_hist):
     (run.dir / "checkpoint.json").unlink()  # no commit record: the file itself is read, and is torn
     with pytest.raises(CheckpointError, match="train_state.json or .* is truncated or foreign.*start over"):
         train(run, tiny_hist, progress=False)
+
+
+def test_held_out_tasks_never_reach_training(tiny_cfg, tiny_hist):
+    """Mark every held-out task's transitions; no training or validation batch may ever hold one."""
+    held = tiny_hist.task_index(Run.create(tiny_cfg).test_tasks)
+    marked = dataclasses.replace(tiny_hist, actions=tiny_hist.actions.copy())
+    marked.actions[held] = 99  # no real action has this value
+    for sampler in samplers(tiny_cfg, marked):
+        for _ in range(50):
+            assert (sampler.sample(64)["actions"] != 99).all()
+    assert (marked.actions == 99).sum() == len(held) * np.prod(tiny_hist.shape[1:])  # the mark is there to find
+
+
+def test_training_learns_to_predict_actions_on_held_out_tasks(tmp_path, tiny_hist):
+    """After a short training the action loss on windows of held-out tasks is well below the uniform
+    policy's ln 5 and the accuracy well above chance (1/5)."""
+    cfg = load_config("tiny", {"train": {"steps": 150}})
+    run = train(Run.create(cfg, tmp_path / "run"), tiny_hist, progress=False)
+    model = load(run)
+    held = tiny_hist.task_index(Run.create(cfg).test_tasks)
+    windows = WindowSampler(tiny_hist, held, np.arange(tiny_hist.shape[1]), cfg.model.n_transit + 1, seed=9)
+    tokens = Tokens.from_transitions(windows.sample(256))
+    with torch.no_grad():
+        loss, acc = loss_and_accuracy(model(**tokens), tokens.targets, "all")
+    assert loss < 0.7 * math.log(5) and acc > 0.4, (float(loss), float(acc))
