@@ -96,10 +96,15 @@ def test_short_history_returned_unchanged_without_attention(name):
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_same_generator_same_selection(name):
-    batch, pattern = data(4, 16), peaked(4, 16, [[1], [3], [5], [7]])
-    pick = lambda: build(name, 6).select(*batch, pattern, generator=torch.Generator().manual_seed(3))  # noqa: E731
-    assert torch.equal(pick(), pick())
+def test_no_state_survives_a_call(name):
+    """A selection depends on its own call only: another selection in between changes nothing."""
+    c = build(name, 6)
+    first = (data(4, 16), peaked(4, 16, [[1], [3], [5], [7]]))
+    other = (data(4, 16, seed=5), peaked(4, 16, [[9], [2], [11], [0]], seed=5))
+    pick = lambda batch, pattern: c.select(*batch, pattern, generator=torch.Generator().manual_seed(3))  # noqa: E731
+    before = pick(*first)
+    pick(*other)
+    assert torch.equal(pick(*first), before)
 
 
 @pytest.mark.parametrize("name", SAMPLED)
@@ -314,13 +319,16 @@ def test_oracle_keeps_the_transition_the_policy_depends_on():
 
 
 def test_profile_rules_and_from_profile():
-    batch, pattern = data(2, 16), peaked(2, 16, [[1, 3], [2, 4]])
-    same = {"sink": C.SinkRecentCompressor(6, 2), "recent": C.RecencyCompressor(6),
-            "rewarded": C.RewardRecentCompressor(6), "heavy": C.HeavyHitterCompressor(6, 1 - 2 / 6)}
-    for rule, ref in same.items():
-        assert torch.equal(C.ProfileCompressor(6, rule, 2).select(*batch, pattern), ref.select(*batch, pattern))
-    full = C.ProfileCompressor(6, "full").select(*batch, pattern)  # the budget binds even for "full" heads
-    assert full.shape == (2, 6) and torch.equal(full, C.HeavyHitterCompressor(6, 0.5).select(*batch, pattern))
+    s, a, _, s2 = data(2, 16)
+    r = torch.zeros(2, 16).index_fill(1, torch.tensor([5, 9]), 1.0)  # rewarded at 5 and 9
+    pattern = peaked(2, 16, [[1, 3], [2, 4]])  # every query attends to keys 1, 3 (row 0) and 2, 4 (row 1)
+    kept = lambda rule, size=2: C.ProfileCompressor(6, rule, size).select(s, a, r, s2, pattern).tolist()  # noqa: E731
+    assert kept("sink") == [[0, 1, 12, 13, 14, 15]] * 2  # 2 sinks + the 4 most recent
+    assert kept("recent") == [[10, 11, 12, 13, 14, 15]] * 2
+    assert kept("rewarded") == [[5, 9, 12, 13, 14, 15]] * 2  # both rewarded + the most recent
+    assert kept("heavy") == [[1, 3, 12, 13, 14, 15], [2, 4, 12, 13, 14, 15]]  # 2 heavy hitters + recent
+    full = kept("full", None)  # the budget binds even for "full" heads: half heavy hitters, half recent
+    assert [len(row) for row in full] == [6, 6] and {1, 3, 13, 14, 15} <= set(full[0])
     records = [{"rule": "sink", "size": 2}, SimpleNamespace(rule="sink", size=4), {"rule": "heavy", "size": 3},
                SimpleNamespace(rule="sink", size=3)]
     p = C.ProfileCompressor.from_profile(records, 6)
@@ -378,7 +386,3 @@ def test_cache_attention_serves_the_next_call_only():
     assert c.select(*batch, peaked(2, 16, [[1], [2]])).tolist() == [[1], [2]]  # an explicit one wins
     assert c.select(*batch, pattern).tolist() == [[3], [9]] and c.compress(*batch, pattern)[1].shape == (2, 1)
 
-
-def test_profile_rules_match_head_profile_names():
-    metrics = pytest.importorskip("adkit.metrics")
-    assert set(C.ProfileCompressor.RULES) == set(metrics.RULES)

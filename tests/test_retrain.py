@@ -5,10 +5,12 @@ import dataclasses
 import pandas as pd
 import pytest
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 from adkit.compress import make
 from adkit.compress.context import compress_tokens, compress_window
 from adkit.config import load_config
+from adkit.data.collect import load_for
 from adkit.data.histories import save as save_histories
 from adkit.data.tokens import Tokens
 from adkit.model import load
@@ -139,13 +141,20 @@ def test_results_join_both_modes_and_count_attention_work(run, table):
     assert not both[retrained.COLUMNS].isna().any().any()
     tf = both[both["mode"] == "training-free"]
     assert {"full", "none"} & set(tf["compressor"]) == {"none"}  # the re-encoded baseline is not a study cell
-    cfg = run.cfg.model
-    flops = lambda pairs: 4 * cfg.tf_n_embd * cfg.tf_n_layer * pairs  # noqa: E731
+    model, n = load(run.dir), run.cfg.model.n_transit
+
+    def counted(L: int) -> int:  # torch's own FLOP count of a forward over L tokens (explicit attention path)
+        batch = samplers(run.cfg, load_for(run.cfg, run.histories))[0].sample(1)
+        window = Tokens.from_transitions(batch).tokens(slice(0, L))
+        with torch.no_grad(), model.hooks([("blocks.0.attn.hook_pattern", lambda x, hook: x)]), \
+                FlopCounterMode(display=False) as counter:
+            model(**window)
+        return counter.get_total_flops()
+
     row = both[(both["compressor"] == "recency") & (both["budget"] == 3)].iloc[0]
-    assert row["attn_flops"] == flops(4 * 5 // 2)  # 4 kept tokens re-encoded: 10 causal pairs
+    assert row["flops"] == counted(4)  # the 3 kept transitions and the decision's own token re-encoded
     row = both[(both["compressor"] == "attention") & (both["budget"] == 3)].iloc[0]
-    n = cfg.n_transit
-    assert row["attn_flops"] == flops(10 + n * (n + 1) // 2)  # plus the scoring pass over the full window
+    assert row["flops"] == counted(4) + counted(n)  # plus the scoring pass over the full window
     md = retrained.markdown_summary(both)
     assert "| compressor | budget | mode |" in md and "training-free" in md
     assert any(line.startswith("budget 6 of 20: best retrained") for line in retrained.headline(both, run))

@@ -115,12 +115,15 @@ def test_study_writes_every_cell_with_every_column_filled(run_dir, table):
     assert pd.read_csv(run_dir.study / "training_free.csv").shape == table.shape
 
 
-def test_no_compression_agrees_exactly_and_the_others_are_bounded(table):
+def test_no_compression_agrees_and_the_others_are_bounded(table):
+    """``none``: the cache's policy against the whole history re-encoded (the same function, computed
+    another way); ``full``: DICP's re-encode of the last n_transit, the same function for this one-layer
+    model, so its rollout takes the cache rollout's actions and return."""
     base = table[table["compressor"].isin(study.BASELINES)]
-    assert (base["agreement"] == 1).all() and (base["kl"] == 0).all()
+    assert (base["agreement"] == 1).all() and (base["kl"] < 1e-9).all()
     assert ((table["agreement"] >= 0) & (table["agreement"] <= 1)).all() and (table["kl"] >= 0).all()
-    none = table[table["compressor"] == "none"]
-    assert (none["return"] == none["full_return"]).all()
+    by_seed = base.pivot(index="seed", columns="compressor", values="return")
+    assert (by_seed["full"] == by_seed["none"]).all()
     kept = table[~table["compressor"].isin(study.BASELINES)]
     assert (kept["context_tokens"] == kept["budget"] + 1).all()
 

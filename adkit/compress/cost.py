@@ -1,10 +1,10 @@
-"""What a decision or a training step costs, measured (wall-clock, peak memory) and counted (attention FLOPs).
+"""What a decision or a training step costs: measured (wall-clock, peak memory) and counted (whole-forward FLOPs).
 
 * :func:`time_ms`: median wall-clock of a call.
 * :func:`peak_allocated_mb`: the most tensor memory a call held at once, from the
   allocation events ``torch.profiler`` records (no sampling).
-* :func:`causal_pairs` and :func:`attention_flops`: the work of the attention scores
-  and the weighted sum (``QK^T`` and ``AV``), counted from token counts.
+* :func:`forward_flops` and :func:`decision_flops`: the whole work of a forward and of a
+  decision (projections, attention, MLP, head), counted from token counts.
 * :func:`decision_cost`: one decision of a model, full (rolling cache or re-encoded) or compressed.
 """
 
@@ -24,6 +24,7 @@ from torch.profiler import ProfilerActivity, profile
 
 from adkit.compress.context import compressed_logits
 from adkit.compress.strategies import Compressor
+from adkit.config import ModelConfig
 from adkit.data.tokens import Tokens
 
 
@@ -85,15 +86,29 @@ def time_ms(fn: Callable[[], object], budget_s: float = 1.0, max_calls: int = 7)
     return 1000 * statistics.median(times)
 
 
-def causal_pairs(tokens: int, window: int | None = None) -> int:
-    """(query, key) pairs a causal pass over ``tokens`` tokens scores, each query seeing at most ``window`` keys."""
-    w = tokens if window is None else min(window, tokens)
-    return w * (w + 1) // 2 + (tokens - w) * w
+def forward_flops(cfg: ModelConfig, tokens: int, keys: int, n_actions: int) -> int:
+    """FLOPs (2 per multiply-add) of one forward of the AD transformer over ``tokens`` new tokens, each
+    attending to ``keys`` keys (dense: masked entries are computed too, as the attention kernels do).
+
+    Per token: the reward embedding (2d), in every layer the query/key/value and output projections
+    (8 d^2) and the MLP (4 d d_inner), and the action head (2 d A); per (token, key) pair and layer,
+    the scores ``QK^T`` and the weighted sum ``AV`` (4d). Embedding lookups, layer norms and softmax
+    are left out (no multiply-adds); ``tests/test_cost.py`` checks the count against torch's FLOP counter.
+    """
+    d, L = cfg.tf_n_embd, cfg.tf_n_layer
+    per_token = 2 * d + L * (8 * d * d + 4 * d * cfg.tf_n_inner) + 2 * d * n_actions
+    return tokens * per_token + L * 4 * d * tokens * keys
 
 
-def attention_flops(n_layer: int, n_embd: int, pairs: int) -> int:
-    """FLOPs of ``QK^T`` and ``AV`` over ``pairs`` (query, key) pairs in every layer: 2 x 2 x d per pair."""
-    return 4 * n_embd * n_layer * pairs
+def decision_flops(cfg: ModelConfig, n_actions: int, kept: int | None = None, scored: bool = False) -> int:
+    """FLOPs of one whole decision: ``kept`` None is a step of the rolling cache (one token over its
+    ``n_transit`` slots); otherwise the ``kept + 1`` tokens of a compressed context re-encoded, plus,
+    when the strategy is ``scored`` by attention, the full window's scoring pass."""
+    n = cfg.n_transit
+    if kept is None:
+        return forward_flops(cfg, 1, n, n_actions)
+    scoring = forward_flops(cfg, n, n, n_actions) if scored else 0
+    return forward_flops(cfg, kept + 1, kept + 1, n_actions) + scoring
 
 
 @torch.no_grad()

@@ -5,7 +5,7 @@ runs a model.
 * :func:`draw_keeps` + :func:`keep_explorer`: one real context, its attention and what each strategy
   keeps (a :class:`adkit.study.keeps.KeepView`), with strategy and budget widgets.
 * :func:`plot_modes`: return against budget, retrained (solid) and training-free (dashed).
-* :func:`plot_pareto`: return against measured decision time and attention FLOPs, with the Pareto front.
+* :func:`plot_pareto`: return against measured decision time and FLOPs per decision, with the Pareto front.
 * :func:`plot_attention_shift`: where the decision's attention goes, full model against a retrained one.
 * :func:`draw_curves` + :func:`curve_explorer`: per-episode curves of the retrained cells.
 """
@@ -180,13 +180,13 @@ def pareto_front(cost: np.ndarray, value: np.ndarray) -> np.ndarray:
 
 
 def plot_pareto(df: pd.DataFrame) -> Figure:
-    """Return against measured decision time (left) and attention FLOPs per decision (right): every
+    """Return against measured decision time (left) and FLOPs per decision (right): every
     compressor x budget x mode, the retrained cells' Pareto front as a step line."""
     s = summary(df)
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
     colors = {**_colors([c for c in dict.fromkeys(s["compressor"]) if c != "none"]), "none": "tab:blue"}
     for ax, cost, label in ((axes[0], "decision_ms", "decision time, one stream per task (ms, measured)"),
-                            (axes[1], "attn_flops", "attention FLOPs per decision (counted)")):
+                            (axes[1], "flops", "FLOPs per decision (whole forward, counted)")):
         for mode, marker in ((RETRAINED, "o"), ("training-free", "s")):
             g = s[s["mode"] == mode]
             ax.scatter(g[cost], g["return_mean"], c=[colors[c] for c in g["compressor"]], marker=marker,

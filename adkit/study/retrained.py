@@ -21,8 +21,8 @@ One row per cell, ``mode`` ``retrained``:
   ``rollout_step_ms`` (the evaluation's wall-clock per environment step, all streams
   batched), ``decision_ms`` and ``peak_mem_mb`` (one steady-state decision of one stream
   per held-out task, as in the training-free study: :func:`adkit.compress.cost.decision_cost`);
-  ``attn_flops`` per decision and ``train_attn_flops`` per training sequence
-  (:func:`attention_work`).
+  ``flops`` per decision and ``train_flops`` per training sequence, each the whole forward
+  (projections, attention, MLP, head: :func:`decision_work`).
 
 ``RUN/study/retrained.csv`` gets a row per finished cell, rewritten atomically; a
 cell's model trains in ``RUN/study/retrained/{compressor}-b{budget}-s{seed}/`` with
@@ -47,12 +47,12 @@ import numpy as np
 import pandas as pd
 import torch
 
-from adkit import compress
+from adkit import compress, envs
 from adkit import threads as adkit_threads
 from adkit.analysis.attention import window_contexts
 from adkit.analysis.insights import markdown_table
 from adkit.compress.context import compress_window
-from adkit.compress.cost import attention_flops, causal_pairs, decision_cost, peak_allocated_mb, time_ms
+from adkit.compress.cost import decision_cost, decision_flops, forward_flops, peak_allocated_mb, time_ms
 from adkit.data.collect import load_for
 from adkit.io import write_text
 from adkit.model.checkpoint import load
@@ -69,7 +69,7 @@ MODE = RETRAINED
 KEY = ["compressor", "budget", "mode", "seed"]
 COLUMNS = KEY + ["return", "full_return", "optimal", "tasks", "episodes", "train_steps", "train_step_ms",
                  "train_peak_mem_mb", "rollout_step_ms", "decision_ms", "peak_mem_mb", "context_tokens",
-                 "attn_flops", "train_attn_flops"]
+                 "flops", "train_flops"]
 TABLE, RESULTS = "retrained.csv", "results.csv"
 # the original toolkit's six, the random baseline and StreamingLLM's sink + recent window
 DEFAULT_COMPRESSORS = ("recency", "uniform", "attention", "threshold", "adaptive", "exponential", "random",
@@ -77,19 +77,19 @@ DEFAULT_COMPRESSORS = ("recency", "uniform", "attention", "threshold", "adaptive
 NOT_TRAINABLE = ("none", "full", "oracle")  # the baselines, and the oracle (O(n^2) model calls per window)
 
 
-def attention_work(model_cfg, name: str, budget: int, needs_attention: bool) -> tuple[int, int]:
-    """Attention FLOPs ``(per decision, per training sequence)`` of ``name`` at ``budget``.
+def decision_work(model_cfg, n_actions: int, name: str, budget: int, needs_attention: bool) -> tuple[int, int]:
+    """FLOPs ``(per decision, per training sequence)`` of ``name`` at ``budget``, each a whole forward
+    (:func:`adkit.compress.cost.forward_flops`).
 
-    ``none``: a rolling-cache step (one query over ``n_transit`` keys) and a training
-    sequence of ``2 * n_transit`` tokens in the ``n_transit`` window; a compressor:
+    ``none``: a rolling-cache step and a training sequence of ``2 * n_transit`` tokens; a compressor:
     the ``budget + 1`` kept tokens re-encoded, plus the full-window scoring pass of an
     attention-based strategy (in rollouts and in training alike).
     """
-    n, flops = model_cfg.n_transit, lambda pairs: attention_flops(model_cfg.tf_n_layer, model_cfg.tf_n_embd, pairs)
+    n = model_cfg.n_transit
     if name == "none":
-        return flops(n), flops(causal_pairs(2 * n, n))
-    kept = causal_pairs(budget + 1) + (causal_pairs(n) if needs_attention else 0)
-    return flops(kept), flops(kept)
+        return decision_flops(model_cfg, n_actions), forward_flops(model_cfg, 2 * n, 2 * n, n_actions)
+    flops = decision_flops(model_cfg, n_actions, budget, needs_attention)
+    return flops, flops
 
 
 def train_step_cost(trainer: Trainer) -> tuple[float, float]:
@@ -145,14 +145,14 @@ def run_cell(run: Run, name: str, budget: int, seed: int, steps: int, episodes: 
     gen = torch.Generator().manual_seed(seed)
     ms, mb = decision_cost(model, probe, name, compressor, gen, scorer=scorer)
     needs = bool(compressor is not None and compressor.needs_attention)
-    flops, train_flops = attention_work(model.cfg, name, budget, needs)
+    flops, train_flops = decision_work(model.cfg, model.n_actions, name, budget, needs)
     return {
         "compressor": name, "budget": budget, "mode": MODE, "seed": seed,
         "return": float(res.returns.mean()), "full_return": float("nan"), "optimal": float(res.optimal.mean()),
         "tasks": len(tasks), "episodes": episodes, "train_steps": steps, "train_step_ms": train_ms,
         "train_peak_mem_mb": train_mb, "rollout_step_ms": 1000 * res.seconds / res.steps, "decision_ms": ms,
-        "peak_mem_mb": mb, "context_tokens": n if name == "none" else budget + 1, "attn_flops": flops,
-        "train_attn_flops": train_flops,
+        "peak_mem_mb": mb, "context_tokens": n if name == "none" else budget + 1, "flops": flops,
+        "train_flops": train_flops,
     }
 
 
@@ -222,11 +222,13 @@ def results_table(run: Run) -> pd.DataFrame:
     if len(tf) and len(base):
         model_cfg = run.cfg.model
         needs = {c: compress.COMPRESSORS[c].needs_attention for c in tf["compressor"]}
-        work = [attention_work(model_cfg, c, int(b), needs[c]) for c, b in zip(tf["compressor"], tf["budget"])]
+        n_actions = envs.spec(run.cfg.env.name).n_actions
+        work = [decision_work(model_cfg, n_actions, c, int(b), needs[c])
+                for c, b in zip(tf["compressor"], tf["budget"])]
         tf = tf.assign(mode=TRAINING_FREE, train_steps=int(base["train_steps"].iloc[0]),
                        train_step_ms=float(base["train_step_ms"].mean()),
                        train_peak_mem_mb=float(base["train_peak_mem_mb"].mean()),
-                       attn_flops=[w[0] for w in work], train_attn_flops=int(base["train_attn_flops"].iloc[0]))
+                       flops=[w[0] for w in work], train_flops=int(base["train_flops"].iloc[0]))
         both = pd.concat([re_df, tf[COLUMNS]], ignore_index=True)
     else:
         both = re_df
@@ -268,8 +270,8 @@ def headline(df: pd.DataFrame, run: Run | None = None, targets: dict[int, float]
         line = (f"budget {budget} of {int(b0['budget'])}: best retrained `{best['compressor']}` keeps "
                 f"{best['share_mean']:.0%}{spread} of the full-context return"
                 f"{verdict}; decision {best['decision_ms']:.2f} ms vs {b0['decision_ms']:.2f} ms (cached full "
-                f"context), peak {best['peak_mem_mb']:.2f} MB vs {b0['peak_mem_mb']:.2f} MB, attention FLOPs "
-                f"x{best['attn_flops'] / b0['attn_flops']:.2f}, training step {best['train_step_ms']:.0f} ms vs "
+                f"context), peak {best['peak_mem_mb']:.2f} MB vs {b0['peak_mem_mb']:.2f} MB, FLOPs per decision "
+                f"x{best['flops'] / b0['flops']:.2f}, training step {best['train_step_ms']:.0f} ms vs "
                 f"{b0['train_step_ms']:.0f} ms")
         if rec is not None:
             mine = rows[rows["compressor"] == rec]
@@ -284,14 +286,14 @@ def markdown_summary(df: pd.DataFrame) -> str:
     """:func:`summary` as a markdown table (mean ± std over seeds; FLOPs relative to the cached full context)."""
     s = summary(df)
     base = s[(s["compressor"] == "none") & (s["mode"] == RETRAINED)]
-    ref = float(base["attn_flops"].iloc[0]) if len(base) else float("nan")
+    ref = float(base["flops"].iloc[0]) if len(base) else float("nan")
     view = pd.DataFrame({
         "compressor": s["compressor"], "budget": s["budget"], "mode": s["mode"], "seeds": s["seeds"],
         "return": plus_minus(s["return_mean"], s["return_std"], ".2f"),
         "share of full": plus_minus(100 * s["share_mean"], 100 * s["share_std"], ".0f", " %"),
         "train step ms": s["train_step_ms"], "train peak MB": s["train_peak_mem_mb"],
         "rollout step ms": s["rollout_step_ms"], "decision ms": s["decision_ms"], "peak MB": s["peak_mem_mb"],
-        "attn FLOPs (x full)": s["attn_flops"] / ref,
+        "FLOPs (x full)": s["flops"] / ref,
     })
     return markdown_table(view)
 
@@ -318,8 +320,8 @@ def write_outputs(df: pd.DataFrame, run: Run) -> list[Path]:
                    "retrained with the same steps and seed; training-free: the run's model); ± is the sample "
                    "std over seeds. Costs: one decision of one stream per held-out task (decision ms, peak MB: "
                    "tensor memory incl. the key/value cache for `none`), per environment step of the rollout, a "
-                   "training step without the update (batch, compression, forward, backward); attention FLOPs "
-                   "per decision relative to the cached full context.\n")
+                   "training step without the update (batch, compression, forward, backward); FLOPs of a whole "
+                   "decision (projections, attention, MLP, head) relative to the cached full context.\n")
     name, budget = best_cell(df)
     seed = int(df.loc[(df["compressor"] == name) & (df["mode"] == MODE), "seed"].min())
     figures = {"return_vs_budget_modes.png": lambda: plot_modes(df), "pareto.png": lambda: plot_pareto(df),

@@ -41,7 +41,7 @@ def summary(df: pd.DataFrame) -> pd.DataFrame:
                 share_mean=("share", "mean"), share_std=("share", "std"), train_step_ms=("train_step_ms", "mean"),
                 train_peak_mem_mb=("train_peak_mem_mb", "mean"), rollout_step_ms=("rollout_step_ms", "mean"),
                 decision_ms=("decision_ms", "mean"), peak_mem_mb=("peak_mem_mb", "mean"),
-                attn_flops=("attn_flops", "mean")).reset_index()
+                flops=("flops", "mean")).reset_index()
     out = out.fillna({"return_std": 0.0, "share_std": 0.0})
     out["rank"] = (out["compressor"] != "none").astype(int)
     out = out.sort_values(["rank", "budget", "mode", "share_mean"], ascending=[True, False, True, False])

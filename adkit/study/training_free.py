@@ -13,7 +13,12 @@ seed on the held-out tasks (one stream per task, seeded by the seed):
   rollout of that seed (``decisions`` steps spread over the stream, windows of
   ``n_transit``), the compressed-context policy against the full-context policy at
   the same decision: share of equal argmax actions and mean KL(full || compressed).
-  One batch through the same path a compressed rollout takes (:func:`adkit.compress.context.compressed_logits`).
+  The full-context policy is the rolling cache's, as in the rollout; compressed contexts go
+  through the path a compressed rollout takes (:func:`adkit.compress.context.compressed_logits`);
+  for ``none`` the whole history is re-encoded under the sliding window (the same function
+  computed another way: agreement 1 and KL 0 up to float rounding check the cache), and for
+  ``full`` the last ``n_transit`` transitions (DICP's re-encode, another function once the
+  model has 2 or more layers and the stream outgrows the window).
 * cost: ``rollout_step_ms``, the compressed rollout's wall-clock per environment step
   (all its streams batched; includes the first ``n_transit`` steps of shorter contexts
   and the environment); ``decision_ms`` and ``peak_mem_mb``, one steady-state decision
@@ -25,8 +30,8 @@ seed on the held-out tasks (one stream per task, seeded by the seed):
   (common to all) are not.
 
 Baselines in every table: ``none`` (full context, rolling key/value cache: the
-reference policy), ``full`` (the same full context re-encoded at every decision,
-DICP's way: the cost of re-encoding), ``random`` (a random subset at the same
+reference policy), ``full`` (the last ``n_transit`` transitions re-encoded at every
+decision, DICP's way), ``random`` (a random subset at the same
 budget) and ``oracle`` (greedy leave-one-out, an upper bound). The oracle costs
 O(n^2) model calls per decision, so it runs on a reduced protocol (:data:`REDUCED`:
 fewer tasks, episodes, contexts and seeds); the ``tasks``, ``episodes`` and
@@ -133,17 +138,25 @@ def spread(n: int, m: int | None) -> Tensor:
 class Reference:
     """What every cell of one seed is compared with: the full-context rollout and contexts recorded from it.
 
-    ``contexts``: windows of ``n_transit`` before the recorded decisions, task-major
-    ``(n_tasks * n_decisions, n_transit, ·)``; ``logits``: the full-context policy's there
-    ``(N, A)``; ``probe``: the contexts of the last recorded decision, one per task
-    (cost probe); ``extra``: constructor arguments calibrated on the contexts.
+    ``steps``: the recorded decision steps; ``contexts``: windows of ``n_transit`` before them,
+    task-major ``(n_tasks * n_decisions, n_transit, ·)``; ``logits``: the full-context policy's
+    there ``(N, A)``, from the rolling cache the rollout used; ``probe``: the contexts of the last
+    recorded decision, one per task (cost probe); ``extra``: constructor arguments calibrated on
+    the contexts.
     """
 
     result: RolloutResult
+    steps: list[int]
     contexts: Tokens
     logits: Tensor
     probe: Tokens
     extra: dict[str, dict]
+
+    def whole_history_logits(self, model) -> Tensor:
+        """``(N, A)``: the same decisions with every transition before them re-encoded under the sliding
+        window. The rolling cache computes this function: the ``none`` row checks that it does."""
+        traj = self.result.trajectories
+        return torch.stack([model(**traj.window(t, t))[:, -1] for t in self.steps], 1).flatten(0, 1)
 
     def protocol(self) -> Protocol:
         """The full protocol: every task, episode and recorded context of this reference."""
@@ -155,11 +168,25 @@ def reference(model, env_name: str, tasks, seed: int, episodes: int, decisions: 
     """Roll out the full-context model (rolling cache) on ``tasks`` with ``seed`` and record contexts."""
     res = rollout(model, env_name, tasks, seeds=[seed], episodes=episodes, progress=False)
     n = model.cfg.n_transit
-    windows = [res.trajectories.window(t, n) for t in decision_steps(n, res.steps, decisions)]
+    steps = decision_steps(n, res.steps, decisions)
+    windows = [res.trajectories.window(t, n) for t in steps]
     contexts = Tokens(**{k: torch.stack([w[k] for w in windows], 1).flatten(0, 1)  # (S, D, n, ·) -> (S*D, n, ·)
                          for k in INPUTS})
-    logits = model(**contexts)[:, -1]  # (S*D, A)
-    return Reference(res, contexts, logits, windows[-1], {"profile": profile_kwargs(model, contexts)})
+    logits = cached_logits(model, res.trajectories, steps)  # (S*D, A)
+    return Reference(res, steps, contexts, logits, windows[-1], {"profile": profile_kwargs(model, contexts)})
+
+
+@torch.no_grad()
+def cached_logits(model, traj, steps: list[int]) -> Tensor:
+    """``(S * D, A)``: the rolling cache's logits at decision ``steps`` of every stream of ``traj``
+    (stream-major, as the recorded contexts are)."""
+    cache, want, out = model.new_cache(traj.actions.shape[0]), set(steps), {}
+    for t in range(1, max(steps) + 1):
+        logits = model.step(cache, traj.states[:, t - 1], traj.actions[:, t - 1], traj.rewards[:, t - 1],
+                            traj.next_states[:, t - 1], traj.states[:, t])  # (S, A)
+        if t in want:
+            out[t] = logits
+    return torch.stack([out[t] for t in steps], 1).flatten(0, 1)  # (S, D, A) -> (S*D, A)
 
 
 @torch.no_grad()
@@ -182,7 +209,10 @@ def run_cell(model, env_name: str, tasks, ref: Reference, name: str, budget: int
     else:
         res = rollout(model, env_name, tasks[:p.tasks], seeds=[seed], episodes=p.episodes, progress=False,
                       **({"backend": "recompute"} if name == "full" else {"compressor": compressor}))
-    logits, tokens = compressed_logits(model, contexts, compressor, gen)
+    if name == "none":  # the full context, computed another way than the reference's cache
+        logits, tokens = ref.whole_history_logits(model)[pick], model.cfg.n_transit
+    else:  # "full": DICP's re-encode of the last n_transit; else the compressed context
+        logits, tokens = compressed_logits(model, contexts, compressor, gen)
     logq = logits.double().log_softmax(-1)
     logp = ref.logits[pick].double().log_softmax(-1)
     ms, mb = decision_cost(model, ref.probe.rows(slice(0, p.tasks)), name, compressor, gen)
