@@ -9,6 +9,13 @@ Contexts come from two sources:
   recorded at chosen decision steps so one trajectory can be watched going from
   exploration to exploitation (the original toolkit's ``trajectory_idx`` mode).
 
+What a pattern shows, and what a decision sees: each layer attends to the last
+``n_transit`` tokens, so a stored pattern is the query row over those ``n_transit``
+transitions (re-encoded as one window, which is what the figures read). In the rollout
+itself the rolling cache keeps every layer's keys over its own window, so through the
+layers a decision reaches up to ``n_layer x (n_transit - 1) + 1`` transitions back; the
+stored window is the part of that history its last layer attends to directly.
+
 :func:`extract` runs the model once per batch chunk with a hook on
 ``blocks.{l}.attn.hook_pattern`` of every requested layer (the explicit-softmax
 path of :mod:`adkit.model`) and copies the requested heads into one

@@ -117,18 +117,19 @@ def decision_cost(model, window: Tokens, name: str, compressor: Compressor | Non
     """``(ms, peak MB)`` of one decision for every row of ``window`` (B, n_transit, ·).
 
     ``name`` ``"none"``: a step of the rolling key/value cache, filled with the first
-    ``n_transit - 1`` transitions beforehand (the cache's size is added to the peak);
-    ``"full"``: the whole window re-encoded; otherwise ``compressor``'s decision
-    (:func:`compressed_logits`: attention pass of ``scorer``, default ``model``, if needed,
-    selection, re-encoding).
+    ``n_transit - 1`` transitions beforehand; ``"full"``: the whole window re-encoded;
+    otherwise ``compressor``'s decision (:func:`compressed_logits`: attention pass of
+    ``scorer``, default ``model``, if needed, selection, re-encoding). Peak MB counts the same
+    two things for every mode: what persists between decisions (the key/value cache, or the
+    window of transitions a re-encoding decision reads) and the transient activations.
     """
-    resident = 0.0
+    resident = sum(t.numel() * t.element_size() for t in window.values()) / 2**20  # the stored window
     if name == "none":
         cache = model.new_cache(window["actions"].shape[0])
         fields = [window[k] for k in ("states", "actions", "rewards", "next_states", "queries")]
         for i in range(window["actions"].shape[1] - 1):
             model.step(cache, *(f[:, i] for f in fields))
-        resident = sum(t.numel() * t.element_size() for t in cache.k + cache.v) / 2**20
+        resident = sum(t.numel() * t.element_size() for t in cache.k + cache.v) / 2**20  # the cache instead
         fn = lambda: model.step(cache, *(f[:, -1] for f in fields))  # noqa: E731
     elif name == "full":
         fn = lambda: model(**window)[:, -1]  # noqa: E731

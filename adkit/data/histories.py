@@ -124,7 +124,10 @@ def load(path: str | Path, mmap: bool = True) -> Histories:
                 raise _fail(path, f"dataset {name} has shape {f[name].shape}, expected {shape} first")
         arrays = {name: _read(f[name], path, mmap) for name in ARRAYS}
         attrs = dict(f.attrs)
-        tasks = f["tasks"][()]
+        try:
+            tasks = f["tasks"][()]
+        except OSError:
+            raise _fail(path, "dataset tasks cannot be read (truncated)") from None
     return Histories(env=str(attrs["env"]), source=str(attrs["source"]), tasks=tasks, seed=int(attrs["seed"]),
                      config=str(attrs.get("config", "")), meta={k: attrs[k] for k in ("format", "version", "created")
                                                                    if k in attrs}, **arrays)
