@@ -34,7 +34,7 @@ demo: $(STAMP)
 	$(VENV)/bin/adkit demo --profile $(PROFILE) --run-dir $(RUN)
 
 lab: $(STAMP)  # the kernel starts in notebooks/; paths resolve against the project all the same
-	cd notebooks && $(abspath $(VENV))/bin/jupyter lab --ip 127.0.0.1
+	cd notebooks && $(abspath $(VENV))/bin/jupyter lab --ip 127.0.0.1 $$([ "$$(id -u)" = 0 ] && echo --allow-root)
 
 test: $(TEST_STAMP)
 	$(PY) -m pytest -q --timeout=900 tests
