@@ -22,7 +22,8 @@ import argparse
 import dataclasses
 import os
 import sys
-from pathlib import Path
+
+from adkit.paths import resolve
 
 
 def _profile_run(args):
@@ -48,7 +49,7 @@ def cmd_collect(args) -> int:
     from adkit.data.collect import collect_to_file
 
     run = _profile_run(args)
-    path, seconds = collect_to_file(run.cfg, Path(args.out) if args.out else run.histories)
+    path, seconds = collect_to_file(run.cfg, resolve(args.out) if args.out else run.histories)
     print(f"wrote {path} ({run.cfg.collect.source}, {seconds:.1f} s)")
     return 0
 
@@ -60,9 +61,9 @@ def cmd_train(args) -> int:
     from adkit.run import require
 
     run = _profile_run(args)
-    hist = Path(args.histories) if args.histories else run.histories
+    hist = resolve(args.histories) if args.histories else run.histories
     h = load_for(run.cfg, require(hist, f"`adkit collect -c {run.cfg.profile} -o {hist}` (notebook 01_train)"))
-    scorer = load_model(args.scorer) if args.scorer else None
+    scorer = load_model(resolve(args.scorer)) if args.scorer else None
     if args.tensorboard:
         run = run.with_config(dataclasses.replace(run.cfg, train=dataclasses.replace(run.cfg.train, tensorboard=True)))
     train(run, h, time_budget_s=args.time_budget, scorer=scorer)
@@ -89,7 +90,7 @@ def cmd_evaluate(args) -> int:
         compressor = build(args.compressor, args.budget, model, cfg.env.name)
     res = rollout(model, cfg.env.name, tasks, seeds=range(cfg.eval.seeds), episodes=cfg.eval.episodes,
                   greedy=cfg.eval.greedy, compressor=compressor)
-    out = Path(args.out) if args.out else run.returns
+    out = resolve(args.out) if args.out else run.returns
     res.write_csv(out)
     fig = plot_curves(res, title=f"{cfg.env.name}: in-context return on {len(tasks)} tasks")
     save_png(fig, out.with_suffix(".png"))
@@ -153,7 +154,7 @@ def cmd_attention(args) -> int:
     insights = analyze_run(run, source=args.source)
     print(insights.report)
     print(insights.ablation.verdict)
-    figs = Path(args.figs) if args.figs else run.figs
+    figs = resolve(args.figs) if args.figs else run.figs
     paths = save_figures(insights.record, figs, insights.ablation, samples=run.cfg.attention.figure_samples)
     print(f"wrote {run.attention}, {run.insights.with_suffix('.md')}, {run.insights} "
           f"and {len(paths)} figures under {figs / 'attention'}")
@@ -256,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
         threads.configure()
     try:
         return args.fn(args)
-    except (FileNotFoundError, ValueError, KeyError) as e:
+    except (FileNotFoundError, ValueError, KeyError, TypeError) as e:
         print(f"adkit {args.command}: {e}", file=sys.stderr)
         return 2
 

@@ -211,15 +211,24 @@ def _build(cls, data: dict, where: str):
             if not isinstance(value, (list, tuple)):
                 raise ValueError(f"config {where}.{name} must be a list, got {value!r}".replace(" .", " "))
             kwargs[name] = list(value)
-        elif hint in (int, float, bool, str) and not isinstance(value, hint):
-            if hint is float and isinstance(value, int) and not isinstance(value, bool):
-                value = float(value)
+        elif hint in (int, float, bool, str) and (not isinstance(value, hint)
+                                                  or (isinstance(value, bool) and hint is not bool)):
+            if hint is float and isinstance(value, (int, str)) and not isinstance(value, bool) and _number(value):
+                value = float(value)  # YAML reads 3e-4 as a string
             else:
                 raise ValueError(f"config {where}.{name} must be {hint.__name__}, got {value!r}".replace(" .", " "))
             kwargs[name] = value
         else:
             kwargs[name] = value
     return cls(**kwargs)
+
+
+def _number(value) -> bool:
+    try:
+        float(value)
+    except ValueError:
+        return False
+    return True
 
 
 def from_dict(data: dict) -> Config:
@@ -233,9 +242,10 @@ def profile_dirs() -> list[Path]:
     return list(dict.fromkeys(d.resolve() for d in (home() / "config" / "profiles", PACKAGE_PROFILES) if d.is_dir()))
 
 
-def resolve_profile(path_or_name: str | Path) -> Path:
+def resolve_profile(path_or_name: str | Path, skip: Path | None = None) -> Path:
     """A config path (relative ones also against the project home), or a profile name
-    (``quick``, ``paper``, ``tiny``, ...) from :func:`profile_dirs`."""
+    (``quick``, ``paper``, ``tiny``, ...) from :func:`profile_dirs`, other than ``skip`` (a project
+    profile that extends the built-in one of its own name)."""
     p = Path(path_or_name)
     if p.suffix in (".yaml", ".yml"):
         for candidate in (p, resolve(p)):
@@ -243,8 +253,9 @@ def resolve_profile(path_or_name: str | Path) -> Path:
                 return candidate
         raise FileNotFoundError(f"config file not found: {p.resolve()}")
     for d in profile_dirs():
-        if (d / f"{p.name}.yaml").exists():
-            return d / f"{p.name}.yaml"
+        candidate = d / f"{p.name}.yaml"
+        if candidate.exists() and (skip is None or candidate.resolve() != skip.resolve()):
+            return candidate
     names = sorted({q.stem for d in profile_dirs() for q in d.glob("*.yaml")})
     raise FileNotFoundError(f"no profile {str(path_or_name)!r}; profiles: {names} (or pass a .yaml path)")
 
@@ -264,7 +275,7 @@ def _read(path: Path) -> dict:
     base = data.pop("extends", None)
     if base is None:
         return data
-    merged = _read(resolve_profile(base))
+    merged = _read(resolve_profile(base, skip=path))
     merged.pop("profile", None)
     merge(merged, data)
     return merged

@@ -51,7 +51,12 @@ def share() -> int:
     fixed = _state["fixed"] or os.environ.get("ADKIT_THREADS")
     if fixed:
         return max(1, int(fixed))
-    return max(1, (os.cpu_count() or 1) // jobs())
+    return max(1, cores() // jobs())
+
+
+def cores() -> int:
+    """The cores this process may run on (its CPU affinity: taskset, cpusets, batch schedulers)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def configure(threads: int | None = None) -> int:

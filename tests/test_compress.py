@@ -348,6 +348,10 @@ def test_the_original_constructor_names_are_aliases_of_budget():
         C.UniformCompressor(budget=3, target_length=3)
     with pytest.raises(AttributeError):
         C.RecencyCompressor(3).target_length  # noqa: B018 (recency's alias is keep_recent)
+    c = C.RecencyCompressor(8)
+    c.keep_recent = 4  # the original attribute still sets what is kept
+    assert c.budget == 4 and c.select(*data(1, 10)).tolist() == [[6, 7, 8, 9]]
+    assert len({C.RecencyCompressor(4), C.RecencyCompressor(4), C.UniformCompressor(4)}) == 2  # hashable
 
 
 def test_original_toolkit_shapes_one_hot_actions_and_trailing_rewards():

@@ -146,3 +146,11 @@ def test_histories_are_named_by_what_made_them_and_a_foreign_file_is_refused(tmp
         load_for(fewer, path)
     with pytest.raises(HistoriesError, match="env.name: 'darkroom' in the file, 'key-to-door' asked"):
         check_provenance(tiny_hist, load_config("tiny", {"env": {"name": "key-to-door"}}), path)
+
+
+def test_a_project_profile_may_extend_the_built_in_one_of_its_name(tmp_path, monkeypatch):
+    (tmp_path / "config" / "profiles").mkdir(parents=True)
+    (tmp_path / "config" / "profiles" / "tiny.yaml").write_text("extends: tiny\ntrain: {steps: 7}\n")
+    monkeypatch.setenv("ADKIT_HOME", str(tmp_path))
+    cfg = load_config("tiny")
+    assert cfg.train.steps == 7 and cfg.model.n_transit == 20  # the project's change on the built-in profile

@@ -224,3 +224,22 @@ def test_reduced_protocol_compares_with_the_full_context_on_the_same_random_numb
                                    reduced={"recency": study.Protocol(tasks=3, episodes=1)}, out=tmp_path / "t.csv")
     row = df[df["compressor"] == "recency"].iloc[0]
     assert row["tasks"] == 3 and row["episodes"] == 1 and row["return"] == row["full_return"]
+
+
+def fails_on_bad(name: str) -> dict:
+    """A cell for the process pool (importable by spawned workers): cell ``bad`` fails."""
+    if name == "bad":
+        raise RuntimeError("this cell always fails")
+    return {"name": name, "value": len(name)}
+
+
+@pytest.mark.slow
+def test_a_failed_cell_in_the_process_pool_loses_no_finished_cell(tmp_path):
+    from adkit.study.cells import CellsFailed, run_cells
+
+    path = tmp_path / "table.csv"
+    cells = [("bad",), ("good",), ("fine",), ("okay",)]
+    with pytest.raises(CellsFailed, match=r"(?s)1 cell\(s\) failed.*'bad'.*always fails"):
+        run_cells(path, ["name", "value"], cells, lambda r: (r["name"],), fails_on_bad, desc="cells",
+                  workers=2, progress=False)
+    assert sorted(pd.read_csv(path)["name"]) == ["fine", "good", "okay"]

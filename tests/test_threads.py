@@ -21,7 +21,7 @@ def registry(tmp_path, monkeypatch):
 
 
 def test_each_process_takes_its_share_of_the_cores(registry, monkeypatch):
-    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    monkeypatch.setattr(threads, "cores", lambda: 8)
     assert threads.configure() == 8 and torch.get_num_threads() == 8  # alone: every core
     other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
     try:

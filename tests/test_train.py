@@ -166,11 +166,30 @@ def test_a_truncated_training_state_says_what_to_do(tmp_path, tiny_hist):
     run = Run.create(load_config("tiny"), tmp_path / "run")
     train(run, tiny_hist, progress=False, until=15)
     run.train_state_json.write_text('{"step": 1')  # torn
-    with pytest.raises(CheckpointError, match="does not match the checkpoint committed"):
-        train(run, tiny_hist, progress=False)
-    (run.dir / "checkpoint.json").unlink()  # no commit record: the file itself is read, and is torn
     with pytest.raises(CheckpointError, match="train_state.json or .* is truncated or foreign.*start over"):
         train(run, tiny_hist, progress=False)
+    assert load(run.dir).env == "darkroom"  # the model itself still loads
+
+
+def test_an_interrupted_commit_is_finished_and_a_plain_save_is_not_refused(tmp_path, tiny_hist):
+    from adkit.model import save as save_model
+    from adkit.model.checkpoint import PENDING, commit
+
+    run = Run.create(load_config("tiny"), tmp_path / "run")
+    train(run, tiny_hist, progress=False, until=15)
+    model = load(run.dir)
+    names = save_model(model, run.dir, suffix=PENDING)
+    real_replace = os.replace
+    try:  # the process stops right after the commit record, before moving the files in
+        os.replace = lambda *a: None
+        commit(run.dir, names, 15)
+    finally:
+        os.replace = real_replace
+    assert list(run.dir.glob("*" + PENDING))
+    train(run, tiny_hist, progress=False)  # resumes: the commit is finished first
+    assert not list(run.dir.glob("*" + PENDING))
+    save_model(load(run.dir), run.dir)  # a model saved by hand into a trained run directory
+    assert load(run.dir).env == "darkroom" and not (run.dir / "checkpoint.json").exists()
 
 
 def test_held_out_tasks_never_reach_training(tiny_cfg, tiny_hist):

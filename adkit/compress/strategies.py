@@ -169,7 +169,7 @@ def strategy(*aliases: str):
     the original toolkit's constructor argument names."""
 
     def wrap(cls):
-        cls = dataclass(cls)
+        cls = dataclass(cls, unsafe_hash=True)  # hashable, as the original classes were
         init = cls.__init__
 
         @functools.wraps(init)
@@ -200,6 +200,9 @@ class Compressor:
         if name in type(self).aliases:  # e.g. RecencyCompressor(8).keep_recent == 8
             return self.budget
         raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    def __setattr__(self, name: str, value) -> None:
+        object.__setattr__(self, "budget" if name in type(self).aliases else name, value)  # c.keep_recent = 4
 
     def keep_count(self, h: Transitions) -> int:
         """Transitions to keep for this batch (one K per batch)."""

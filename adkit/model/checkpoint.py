@@ -38,6 +38,8 @@ def save(model: ADTransformer, run_dir, suffix: str = "") -> list[str]:
     meta = {"format": CKPT_FORMAT, "version": CKPT_VERSION, "env": model.env, "positions": model.positions,
             "model": dataclasses.asdict(model.cfg)}
     write_text(run_dir / (MODEL_JSON + suffix), json.dumps(meta, indent=2) + "\n")
+    if not suffix:  # a model saved outside a training checkpoint: no commit record speaks for it any more
+        (run_dir / COMMIT).unlink(missing_ok=True)
     return [WEIGHTS, MODEL_JSON]
 
 
@@ -62,7 +64,6 @@ def load(path, device: str | torch.device = "cpu") -> ADTransformer:
     """
     path = Path(path)
     run_dir = path.parent if path.suffix == ".safetensors" else path
-    recover(run_dir)
     weights, meta_file = run_dir / WEIGHTS, run_dir / MODEL_JSON
     if not weights.exists() or not meta_file.exists():
         raise FileNotFoundError(f"no checkpoint in {run_dir.resolve()} (needs {WEIGHTS} and {MODEL_JSON}); {HINT}")
@@ -108,25 +109,20 @@ def commit(run_dir: Path, names: list[str], step: int) -> None:
 
 
 def recover(run_dir: Path) -> None:
-    """Bring ``run_dir`` to its last committed checkpoint (see :func:`commit`); a no-op when it is there.
-
-    Raises :class:`CheckpointError` when a file matches neither the record nor its pending copy."""
+    """Bring ``run_dir`` to its last committed checkpoint (see :func:`commit`): move in the pending files the
+    record names, drop the others. A no-op when nothing is pending. Only the training process calls it
+    (:class:`adkit.model.train.Trainer`, rank 0); :func:`load` reads what is in place."""
     record_file = run_dir / COMMIT
-    if not record_file.exists():
-        return
+    if not record_file.exists() or not any(run_dir.glob("*" + PENDING)):
+        return  # nothing was interrupted
     try:
         record = json.loads(record_file.read_text())
         files = dict(record["files"])
     except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
         raise CheckpointError(f"{record_file} is unreadable ({e}); train into a new run directory") from None
     for name, digest in files.items():
-        path, pending = run_dir / name, run_dir / (name + PENDING)
-        if path.exists() and _sha256(path) == digest:
-            continue
+        pending = run_dir / (name + PENDING)
         if pending.exists() and _sha256(pending) == digest:
-            os.replace(pending, path)  # committed but not yet moved when the process stopped
-            continue
-        raise CheckpointError(f"{path} does not match the checkpoint committed in {record_file} (step "
-                              f"{record.get('step')}); train into a new run directory")
+            os.replace(pending, run_dir / name)  # committed but not yet moved when the process stopped
     for stale in run_dir.glob("*" + PENDING):  # written for a checkpoint that was never committed
         stale.unlink()

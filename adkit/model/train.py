@@ -153,6 +153,10 @@ class Trainer:
         self.train_sampler, self.val_sampler = samplers(cfg, h, self.rank)
         self.step, self.seconds = 0, 0.0
         self.board = tensorboard_writer(run) if cfg.train.tensorboard and self.rank == 0 else None
+        if self.rank == 0 and self.run_dir.exists():
+            recover(self.run_dir)  # finish (or drop) a checkpoint a crash interrupted, once
+        if self.ddp:
+            dist.barrier()
         if run.train_state_json.exists():
             check_resumable(run)
         if self.rank == 0:
@@ -162,9 +166,10 @@ class Trainer:
 
     # ---- state ------------------------------------------------------------------------------------
     def _maybe_resume(self) -> None:
-        recover(self.run_dir)  # finish (or drop) a checkpoint a crash interrupted
         meta_file = self.run.train_state_json
         if not meta_file.exists():
+            if self.rank == 0:
+                self._trim_log()  # a crash before the first checkpoint: rows of steps not kept
             return
         fix = "delete the run directory to start over, or train into a new one"
         try:
@@ -194,6 +199,9 @@ class Trainer:
         if not path.exists():
             return
         lines = path.read_text().splitlines()
+        if not lines or lines[0] != ",".join(LOG_FIELDS):
+            path.unlink()  # torn before its header was whole: start it again
+            return
         kept = [lines[0]] + [ln for ln in lines[1:] if _log_step(ln) is not None and _log_step(ln) <= self.step]
         if kept != lines:
             write_text(path, "\n".join(kept) + "\n")
@@ -208,7 +216,9 @@ class Trainer:
         return states
 
     def save(self, sampler_states: list[dict] | None = None) -> None:
-        """Checkpoint weights and training state as one unit (rank 0; :func:`adkit.model.checkpoint.commit`)."""
+        """Checkpoint weights and training state as one unit (:func:`adkit.model.checkpoint.commit`). Every
+        rank calls it (the sampler states are gathered from all); rank 0 writes."""
+        sampler_states = sampler_states or self._sampler_states()
         if self.rank != 0:
             return
         names = save(self.model, self.run_dir, suffix=PENDING)
@@ -220,7 +230,7 @@ class Trainer:
         with atomic_path(self.run_dir / (self.run.train_state.name + PENDING)) as tmp:
             save_file(tensors, str(tmp))
         meta = {"step": self.step, "seconds": self.seconds, "param_groups": opt["param_groups"],
-                "sampler_rng": sampler_states or self._sampler_states(),
+                "sampler_rng": sampler_states,
                 "val_sampler_rng": self.val_sampler.rng.bit_generator.state}
         write_text(self.run_dir / (self.run.train_state_json.name + PENDING), json.dumps(meta))
         commit(self.run_dir, [*names, self.run.train_state.name, self.run.train_state_json.name], self.step)

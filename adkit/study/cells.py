@@ -53,8 +53,9 @@ def run_cells(path: Path, columns: Sequence[str], cells: Sequence[tuple], key: C
 
     ``compute(*cell)`` returns the cell's row; ``key(row)`` gives the cell tuple of a finished
     row. After each cell the table (``finish(rows)``, default the rows as they are) is rewritten
-    atomically. ``executor="local"``: in this process, or with ``workers > 1`` in that many
-    spawned processes; a failed cell raises after the finished ones are written.
+    atomically. ``executor="local"``: in this process (a failure stops the loop), or with
+    ``workers > 1`` in that many spawned processes (failures are reported in :class:`CellsFailed`
+    once every other cell has finished and been written).
     ``executor="ray"``: each cell is a Ray task (one CPU) on the cluster at ``address`` (a local
     Ray instance when empty); a task that fails is retried ``retries`` times, then reported in
     :class:`CellsFailed` once every other cell has finished. ``compute`` must pickle for both
@@ -81,8 +82,16 @@ def run_cells(path: Path, columns: Sequence[str], cells: Sequence[tuple], key: C
                 add(compute(*cell))
         else:
             with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-                for future in as_completed([pool.submit(compute, *cell) for cell in todo]):
-                    add(future.result())
+                futures = {pool.submit(compute, *cell): cell for cell in todo}
+                failed = []
+                for future in as_completed(futures):
+                    try:
+                        add(future.result())
+                    except Exception as e:  # noqa: BLE001 (reported with the others below)
+                        failed.append(f"{futures[future]}: {type(e).__name__}: {e}")
+            if failed:
+                raise CellsFailed(f"{len(failed)} cell(s) failed (finished cells are kept; run the study again to "
+                                  "retry them):\n" + "\n".join(failed))
     finally:
         progress_bar.close()
     return read_table(path, columns)
