@@ -36,13 +36,12 @@ def _profile_run(args):
 
 def _saved_run(args, **more: object):
     """The run trained in ``--run-dir``, its saved config with ``--set`` (and ``more`` fields) applied."""
-    from adkit.config import load_config, merge, parse_overrides
+    from adkit.config import merge, parse_overrides
     from adkit.run import Run
 
-    saved = Run.open(args.run_dir)
     overrides = parse_overrides(args.set)
     merge(overrides, {section: {k: v for k, v in fields.items() if v is not None} for section, fields in more.items()})
-    return saved.with_config(load_config(saved.config_file, overrides))
+    return Run.open(args.run_dir, overrides)
 
 
 def cmd_collect(args) -> int:

@@ -24,11 +24,9 @@ def setup(profile: str, run_dir: str | None = None, overrides: list[str] | None 
     shell = get_ipython()
     if shell is not None:
         shell.run_line_magic("matplotlib", "inline")
-    cfg = load_config(profile, parse_overrides(overrides))
-    run = Run.create(cfg, run_dir)
+    run = Run.create(load_config(profile, parse_overrides(overrides)), run_dir)
     if not new:
-        saved = Run.open(run.dir)
-        run = saved.with_config(load_config(saved.config_file, parse_overrides(overrides)))
+        run = Run.open(run.dir, parse_overrides(overrides))
     m = run.cfg.model
     print(f"profile {run.cfg.profile}: {run.cfg.env.name}, {len(run.train_tasks)} train / {len(run.test_tasks)} "
           f"held-out tasks; n_transit {m.n_transit}, {m.tf_n_layer} layers x {m.tf_n_head} heads; run {run.dir}")

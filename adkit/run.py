@@ -79,11 +79,11 @@ class Run:
         return cls(resolve(run_dir or Path("runs") / cfg.profile), cfg)
 
     @classmethod
-    def open(cls, run_dir: str | os.PathLike) -> Run:
-        """The run trained into ``run_dir``, with the config saved there."""
+    def open(cls, run_dir: str | os.PathLike, overrides: dict | None = None) -> Run:
+        """The run trained into ``run_dir``, with the config saved there (and nested ``overrides`` on it)."""
         d = resolve(run_dir)
         config = require(d / "config.yaml", MAKERS["train"].format(profile="PROFILE", run=run_dir))
-        return cls(d, load_config(config))
+        return cls(d, load_config(config, overrides))
 
     def with_config(self, cfg: Config) -> Run:
         """The same run directory read with another config (e.g. the saved one with overrides)."""
@@ -115,79 +115,22 @@ class Run:
     def histories(self) -> Path:
         return histories_path(self.cfg, self.home)
 
-    # ---- training ---------------------------------------------------------------------------------------
-    @property
-    def config_file(self) -> Path:
-        return self.dir / "config.yaml"
-
-    @property
-    def weights(self) -> Path:
-        return self.dir / "model.safetensors"
-
-    @property
-    def model_json(self) -> Path:
-        return self.dir / "model.json"
-
-    @property
-    def train_state(self) -> Path:
-        return self.dir / "train_state.safetensors"
-
-    @property
-    def train_state_json(self) -> Path:
-        return self.dir / "train_state.json"
-
-    @property
-    def train_log(self) -> Path:
-        return self.dir / "train_log.csv"
-
-    @property
-    def tensorboard(self) -> Path:
-        return self.dir / "tensorboard"
-
     def seed_run(self, seed: int) -> Run:
         """The run of another training seed of the same recipe (``seeds/seed{S}``)."""
         cfg = replace(self.cfg, train=replace(self.cfg.train, seed=seed, extra_seeds=[]))
         return replace(self, dir=self.dir / "seeds" / f"seed{seed}", cfg=cfg)
 
-    # ---- evaluation -------------------------------------------------------------------------------------
-    @property
-    def returns(self) -> Path:
-        return self.dir / "eval" / "returns.csv"
-
-    @property
-    def returns_figure(self) -> Path:
-        return self.dir / "eval" / "returns.png"
-
-    @property
-    def seeds_table(self) -> Path:
-        return self.dir / "eval" / "seeds.csv"
-
-    @property
-    def seeds_figure(self) -> Path:
-        return self.dir / "eval" / "returns_seeds.png"
-
-    # ---- attention --------------------------------------------------------------------------------------
-    @property
-    def attention(self) -> Path:
-        return self.dir / "attention" / "attention.h5"
-
-    @property
-    def insights(self) -> Path:
-        return self.dir / "attention" / "insights.json"
-
-    @property
-    def figs(self) -> Path:
-        return self.dir / "figs"
-
-    # ---- study ------------------------------------------------------------------------------------------
-    @property
-    def study(self) -> Path:
-        return self.dir / "study"
-
     def cell(self, name: str, budget: int, seed: int) -> Path:
         """The run directory of one retrained cell of the study."""
         return self.study / "retrained" / f"{name}-b{budget}-s{seed}"
 
-    @property
-    def notebooks(self) -> Path:
-        return self.dir / "notebooks"
+
+FILES = {  # Run attribute -> its path inside the run directory (the layout in the module doc)
+    "config_file": "config.yaml", "weights": "model.safetensors", "model_json": "model.json",
+    "train_state": "train_state.safetensors", "train_state_json": "train_state.json", "train_log": "train_log.csv",
+    "tensorboard": "tensorboard", "returns": "eval/returns.csv", "returns_figure": "eval/returns.png",
+    "seeds_table": "eval/seeds.csv", "seeds_figure": "eval/returns_seeds.png", "attention": "attention/attention.h5",
+    "insights": "attention/insights.json", "figs": "figs", "study": "study", "notebooks": "notebooks",
+}
+for _name, _rel in FILES.items():
+    setattr(Run, _name, property(lambda self, rel=_rel: self.dir / rel, doc=f"``RUN/{_rel}``"))

@@ -4,9 +4,10 @@
 process, notebooks' kernels included. Without it, each adkit process takes its share of the
 cores, ``cores // (adkit processes running)``, and checks again every few seconds while it works
 (:func:`rebalance`): two jobs on two cores run at one thread each instead of fighting. Measured
-on 2 cores (a training step of the quick profile): alone, 89 ms at 2 threads, 138 ms at 1; two
-jobs at 2 threads each, 890 ms per step each (OpenMP threads spin while they wait); two jobs at
-1 thread each, 138 ms each. The study's worker processes split their parent's share.
+on 2 cores (a training step of the quick profile, ``benchmarks/bench_threads.py``): alone, 89 ms
+at 2 threads, 145 ms at 1; two jobs at 2 threads each, 353 ms per step each (OpenMP threads spin
+while they wait); two jobs with this share, 141 ms each. The study's worker processes split their
+parent's share.
 """
 
 from __future__ import annotations
