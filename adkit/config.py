@@ -28,6 +28,8 @@ class EnvConfig:
     name: str = "darkroom"  # task family: darkroom, darkroom-hard, darkroom-permuted, key-to-door
     split_seed: int = 0  # seed of the published train/test task split
     train_ratio: float = 0.9  # share of tasks used for training (the rest are held out)
+    train_tasks: int = 0  # use only the first N train tasks of the split (0: all); Key-to-Door has 5,905
+    test_tasks: int = 0  # use only the first N held-out tasks of the split (0: all)
 
 
 @dataclass
@@ -76,6 +78,7 @@ class CollectConfig:
     streams: int = 100  # independent learning streams per task
     steps: int = 1000  # environment steps per stream (Darkroom: 50 episodes of 20)
     seed: int = 0  # seed of the source algorithm (networks, exploration)
+    workers: int = 1  # processes that collect disjoint slices of the tasks at once, one torch thread each
     ppo: PPOConfig = field(default_factory=PPOConfig)
     qlearning: QLearningConfig = field(default_factory=QLearningConfig)
     noise: NoiseConfig = field(default_factory=NoiseConfig)
@@ -331,9 +334,11 @@ def flatten(d: dict, prefix: str = "") -> dict:
 
 
 def provenance(cfg: Config | dict) -> dict:
-    """What makes a histories file: the task family and the whole ``collect`` section (a config or its dict)."""
+    """What makes a histories file: the ``env`` section (family and task split) and the whole ``collect``
+    section (a config or its dict)."""
     d = cfg if isinstance(cfg, dict) else cfg.to_dict()
-    return {"env": {"name": d.get("env", {}).get("name")}, "collect": _plain(d.get("collect", {}))}
+    env = {**dataclasses.asdict(EnvConfig()), **d.get("env", {})}  # files from before a field existed: its default
+    return {"env": _plain(env), "collect": _plain(d.get("collect", {}))}
 
 
 def dataset_id(cfg: Config) -> str:

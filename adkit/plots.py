@@ -33,9 +33,11 @@ def source_bands(ax, source: np.ndarray, name: str = "source", stride: int = 1) 
              color="tab:olive")
 
 
-def plot_source(h, tasks, stride: int = 1, random: float | None = None, title: str = "source histories"):
+def plot_source(h, tasks, stride: int = 1, random: float | None = None, title: str = "source histories",
+                optimal: float | None = None):
     """The source's mean return per episode over its history, on all tasks and on ``tasks`` (the
-    held-out ones); with ``stride > 1`` the episodes AD trains on; ``random``: the random policy's."""
+    held-out ones); with ``stride > 1`` the episodes AD trains on; ``random`` and ``optimal``: the
+    random and the optimal policy's returns (on ``tasks``)."""
     fig, ax = plt.subplots(figsize=(7, 3.5))
     src = h.task_returns(tasks)  # (tasks x streams, episodes)
     ax.plot(h.episode_returns().mean((0, 1)), label=f"{h.source}, all tasks")
@@ -45,6 +47,8 @@ def plot_source(h, tasks, stride: int = 1, random: float | None = None, title: s
                 label=f"one episode in {stride} (AD's data)")
     if random is not None:
         ax.axhline(random, color="tab:red", ls=":", label="random (held-out)")
+    if optimal is not None:
+        ax.axhline(optimal, color="k", ls="--", lw=0.8, label="optimal (held-out)")
     ax.set(xlabel="episode of the learning history", ylabel="return", title=title)
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)

@@ -57,6 +57,14 @@ def require(path: str | os.PathLike, made_by: str) -> Path:
     return path
 
 
+def task_split(cfg: Config) -> tuple[list, list]:
+    """(train tasks, held-out tasks) of ``cfg.env``: the published split, each cut to its first
+    ``env.train_tasks`` / ``env.test_tasks`` tasks when those are set."""
+    e = cfg.env
+    train, test = envs.task_split(e.name, e.split_seed, e.train_ratio)
+    return train[:e.train_tasks or None], test[:e.test_tasks or None]
+
+
 def histories_path(cfg: Config, root: Path | None = None) -> Path:
     """Where the histories ``cfg`` asks for live: ``data/{env}-{source}-{id}.h5`` under ``root`` (default
     the project home), ``id`` a hash of the env and collect config (:func:`adkit.config.dataset_id`),
@@ -100,8 +108,7 @@ class Run:
     @cached_property
     def split(self) -> tuple[list, list]:
         """(train tasks, held-out tasks) of the run's task family, the published split."""
-        e = self.cfg.env
-        return envs.task_split(e.name, e.split_seed, e.train_ratio)
+        return task_split(self.cfg)
 
     @property
     def train_tasks(self) -> list:

@@ -1,47 +1,47 @@
 """Cost of collecting PPO learning histories: the published way against adkit's batched PPO.
 
 (a) The published (DICP) way: stable-baselines3 PPO on a ``DummyVecEnv`` of 100
-    Darkroom streams for ONE goal (n_steps 20, batch 50, 20 epochs, lr 3e-4, the
-    rest SB3's defaults; 100,000 timesteps), on one thread; 81 goals cost 81 times
-    that, or half of it on 2 cores with one process per core.
+    Darkroom streams for one goal (n_steps 20, batch 50, 20 epochs, lr 3e-4, the
+    rest SB3's defaults; 100,000 timesteps), one process per goal and core, one
+    thread each: ``--sb3-goals`` goals (default 4) on ``--cores`` processes at a
+    time. 81 goals cost 81 / 4 times that wall-clock.
 (b) adkit's :class:`~adkit.data.sources.ppo.PPOLearner` with ``PPOConfig`` (changed by
-    ``--ppo``), every task batched in torch, on the same goal x 100 streams x
-    1,000 steps, then on ``--goals`` goals (default all 81) at once.
+    ``--ppo``; default: the published settings), every task batched in torch, on
+    ``--goals`` goals (default all 81) x 100 streams x 1,000 steps at once.
 
 For each it prints seconds, env steps/s and the mean return of episodes 1, 10,
-25 and 50; then the published cost projected to all goals on 2 cores and
-adkit's speed-up over it. Prints figures; asserts nothing.
-
-Measured on the quiet 2-core machine (benchmarks/RESULTS.md): SB3 43 s per goal;
-adkit, 81 goals, 73 s with n_epochs 5 (the paper profile's), 24x faster than the
-published way on 2 cores. The PPO update's cost grows with n_epochs about linearly.
-On a busy machine pass ``--threads 1``: torch's two threads then wait on each other.
+25 and 50; then the published cost projected to all goals and adkit's speed-up
+over it, both from this one run. Prints figures; asserts nothing. Figures:
+benchmarks/RESULTS.md.
 
 Usage::
 
     .venv/bin/python benchmarks/bench_collect.py                  # PPOConfig as configured
     .venv/bin/python benchmarks/bench_collect.py --ppo n_epochs=5 # change PPOConfig fields (adkit only)
-    .venv/bin/python benchmarks/bench_collect.py --skip-sb3 --goals 9 --encoding raw  # SB3's raw (row, col) input
+    .venv/bin/python benchmarks/bench_collect.py --sb3-goals 0 --goals 9 --encoding raw  # SB3's raw (row, col) input
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import multiprocessing
 import time
+from concurrent.futures import ProcessPoolExecutor
 
 import gymnasium as gym
 import numpy as np
 import torch
 
 from adkit import envs
-from adkit.config import PPOConfig
+from adkit.config import PPOConfig, from_dict
+from adkit.data.collect import record_in_worker
 from adkit.data.loop import record
 from adkit.data.sources.ppo import ENCODINGS, PPOLearner
 from adkit.envs.grid import MOVES
 
 PUBLISHED = dict(n_steps=20, batch_size=50, n_epochs=20, learning_rate=3e-4)  # DICP's SB3 PPO settings
-GOAL = (2, 6)  # the single goal of the per-goal runs (optimal return 17)
+SB3_GOALS = [(2, 6), (7, 1), (0, 0), (5, 4), (8, 8), (1, 3)]  # the goals run the published way
 STREAMS, STEPS, HORIZON, SIZE = 100, 1000, 20, 9
 CURVE = (1, 10, 25, 50)  # episodes whose mean return is printed
 
@@ -81,28 +81,45 @@ def curve(returns: np.ndarray) -> str:
     return "  ".join(f"ep{k} {mean[k - 1]:5.2f}" for k in CURVE if k <= len(mean))
 
 
-def run_sb3() -> tuple[float, np.ndarray]:
-    """Seconds and episode returns ``(STREAMS, episodes)`` of the published SB3 PPO on GOAL, one thread."""
+def run_sb3(goal: tuple[int, int]) -> tuple[float, np.ndarray]:
+    """Seconds and episode returns ``(STREAMS, episodes)`` of the published SB3 PPO on one goal, one thread
+    (run in its own process, as the published way runs one process per goal and core)."""
     from stable_baselines3 import PPO
     from stable_baselines3.common.vec_env import DummyVecEnv
 
-    threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    vec = DummyVecEnv([lambda: Darkroom(GOAL)] * STREAMS)
+    vec = DummyVecEnv([lambda: Darkroom(goal)] * STREAMS)
     model = PPO("MlpPolicy", vec, **PUBLISHED, seed=0, device="cpu")
     t0 = time.perf_counter()
     model.learn(STREAMS * STEPS)
-    seconds = time.perf_counter() - t0
-    torch.set_num_threads(threads)
-    return seconds, np.array([e.returns for e in vec.envs])
+    return time.perf_counter() - t0, np.array([e.returns for e in vec.envs])
 
 
-def run_adkit(goals: list, cfg: PPOConfig, encoding: str) -> tuple[float, np.ndarray]:
-    """Seconds and episode returns ``(goals * STREAMS, episodes)`` of adkit's batched PPO."""
-    env = envs.make("darkroom", goals, streams=STREAMS)
+def run_sb3_pool(goals: list, cores: int) -> tuple[float, list[float], np.ndarray]:
+    """The published way on ``goals``: one process per goal, ``cores`` at a time. Returns the wall
+    seconds, each goal's seconds and the episode returns ``(len(goals) * STREAMS, episodes)``."""
     t0 = time.perf_counter()
-    learner = PPOLearner(env, cfg, STEPS, seed=0, encoding=encoding)
-    rewards = record(env, learner, STEPS, seed=0, progress=False)["rewards"]  # (n_envs, STEPS)
+    with ProcessPoolExecutor(cores, mp_context=multiprocessing.get_context("spawn")) as pool:
+        runs = list(pool.map(run_sb3, goals))
+    return time.perf_counter() - t0, [s for s, _ in runs], np.concatenate([r for _, r in runs])
+
+
+def run_adkit(goals: list, cfg: PPOConfig, encoding: str, workers: int) -> tuple[float, np.ndarray]:
+    """Seconds and episode returns ``(goals * STREAMS, episodes)`` of adkit's batched PPO, in ``workers``
+    processes of one thread each (``adkit collect``'s ``collect.workers``), or in this one."""
+    env_cfg = from_dict({"env": {"name": "darkroom"}, "collect": {"source": "ppo", "streams": STREAMS, "steps": STEPS,
+                                                                  "workers": workers}})
+    env_cfg.collect.ppo = cfg
+    tasks = np.array(goals, dtype=np.int64)
+    t0 = time.perf_counter()
+    if workers > 1:
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            parts = list(pool.map(record_in_worker, [env_cfg] * workers, np.array_split(tasks, workers),
+                                  range(workers), [False] * workers))
+        rewards = np.concatenate([p["rewards"] for p in parts])  # (n_envs, STEPS)
+    else:
+        env = envs.make("darkroom", goals, streams=STREAMS)
+        rewards = record(env, PPOLearner(env, cfg, STEPS, seed=0, encoding=encoding), STEPS, progress=False)["rewards"]
     seconds = time.perf_counter() - t0
     return seconds, rewards.reshape(len(rewards), -1, HORIZON).sum(-1)  # (n_envs, STEPS) -> (n_envs, episodes)
 
@@ -116,9 +133,12 @@ def line(name: str, n_goals: int, seconds: float, returns: np.ndarray, optimal: 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--goals", type=int, default=81, help="goals (row-major order) in adkit's batched run")
-    p.add_argument("--skip-sb3", action="store_true", help="skip the stable-baselines3 run")
+    p.add_argument("--sb3-goals", type=int, default=4, help="goals run the published way (0: skip SB3)")
+    p.add_argument("--cores", type=int, default=2, help="processes at a time for the published way")
+    p.add_argument("--one-goal", action="store_true", help="also run adkit on SB3's first goal alone")
     p.add_argument("--encoding", choices=ENCODINGS, default="rowcol", help="adkit's network input")
     p.add_argument("--threads", type=int, default=0, help="torch threads for adkit (0: torch's default)")
+    p.add_argument("--workers", type=int, default=2, help="adkit processes (collect.workers; 1: this one)")
     p.add_argument("--ppo", nargs="*", default=[], metavar="FIELD=VALUE", help="PPOConfig values for adkit")
     args = p.parse_args()
     changes = dict(kv.split("=", 1) for kv in args.ppo)
@@ -128,27 +148,37 @@ def main() -> None:
     cfg = dataclasses.replace(base, **{k: type(getattr(base, k))(v) for k, v in changes.items()})
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.encoding != "rowcol" and args.workers > 1:
+        p.error("--encoding other than rowcol runs in this process: add --workers 1")
     all_goals = envs.task_list("darkroom")
     goals = all_goals[: args.goals]
-    opt_one = envs.optimal_return("darkroom", GOAL)
-    print(f"published (SB3): {PUBLISHED}\nadkit: {cfg}, encoding {args.encoding}, torch threads "
-          f"{torch.get_num_threads()}\n{STREAMS} streams x {STEPS} steps per goal\n")
+    sb3_goals = SB3_GOALS[: args.sb3_goals]
+    how = f"{args.workers} processes of 1 torch thread" if args.workers > 1 else f"{torch.get_num_threads()} threads"
+    print(f"published (SB3): {PUBLISHED}\nadkit: {cfg}, encoding {args.encoding}, {how}\n"
+          f"{STREAMS} streams x {STEPS} steps per goal\n")
 
-    if not args.skip_sb3:
-        sb3_s, sb3_ret = run_sb3()
-        line(f"(a) SB3, goal {GOAL}, 1 thread", 1, sb3_s, sb3_ret, opt_one)
-    one_s, one_ret = run_adkit([GOAL], cfg, args.encoding)
-    line(f"(b) adkit, goal {GOAL}", 1, one_s, one_ret, opt_one)
-    all_s, all_ret = run_adkit(goals, cfg, args.encoding)
-    line(f"(b) adkit, {len(goals)} goals batched", len(goals), all_s, all_ret,
-         float(np.mean([envs.optimal_return("darkroom", g) for g in goals])))
+    def optimal(gs):
+        return float(np.mean([envs.optimal_return("darkroom", g) for g in gs]))
 
-    if not args.skip_sb3:
-        published = len(all_goals) * sb3_s / 2
+    if sb3_goals:
+        wall, each, sb3_ret = run_sb3_pool(sb3_goals, args.cores)
+        for g, sec, ret in zip(sb3_goals, each, np.split(sb3_ret, len(sb3_goals))):
+            line(f"(a) SB3, goal {g}, 1 thread", 1, sec, ret, optimal([g]))
+        line(f"(a) SB3, {len(sb3_goals)} goals, {args.cores} processes", len(sb3_goals), wall, sb3_ret,
+             optimal(sb3_goals))
+    if args.one_goal:
+        one_s, one_ret = run_adkit(SB3_GOALS[:1], cfg, args.encoding, 1)
+        line(f"(b) adkit, goal {SB3_GOALS[0]}", 1, one_s, one_ret, optimal(SB3_GOALS[:1]))
+    all_s, all_ret = run_adkit(goals, cfg, args.encoding, args.workers)
+    line(f"(b) adkit, {len(goals)} goals batched, {args.workers} process(es)", len(goals), all_s, all_ret,
+         optimal(goals))
+
+    if sb3_goals:
+        published = wall * len(all_goals) / len(sb3_goals)  # the same goals-per-second on all goals
         batched = all_s * len(all_goals) / len(goals)
-        print(f"\npublished way, {len(all_goals)} goals on 2 cores: {len(all_goals)} x {sb3_s:.1f} s / 2 = "
-              f"{published / 60:.1f} min; adkit{'' if len(goals) == len(all_goals) else ' (scaled)'}: "
-              f"{batched / 60:.1f} min; speed-up x{published / batched:.1f}")
+        print(f"\npublished way, {len(all_goals)} goals on {args.cores} cores: {wall:.1f} s x {len(all_goals)} / "
+              f"{len(sb3_goals)} = {published / 60:.1f} min; adkit{'' if len(goals) == len(all_goals) else ' (scaled)'}"
+              f": {batched / 60:.1f} min; speed-up x{published / batched:.1f}")
 
 
 if __name__ == "__main__":

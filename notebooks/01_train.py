@@ -48,9 +48,10 @@ run = setup(profile, run_dir, overrides, new=True)
 # %%
 h, hist_path = ensure_histories(run.cfg)
 random = envs.random_return_mean(run.cfg.env.name, run.test_tasks)
+optimal = sum(envs.optimal_return(run.cfg.env.name, t) for t in run.test_tasks) / len(run.test_tasks)
 source = h.task_returns(run.test_tasks)  # (held-out tasks x streams, episodes)
 stride = run.cfg.train.episode_stride  # AD trains on every k-th episode of each stream
-plot_source(h, run.test_tasks, stride, random, title=f"source histories: {hist_path.name}")
+plot_source(h, run.test_tasks, stride, random, title=f"source histories: {hist_path.name}", optimal=optimal)
 plt.show()
 
 # %% [markdown]

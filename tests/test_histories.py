@@ -6,6 +6,7 @@ import h5py
 import numpy as np
 import pytest
 
+from adkit import envs
 from adkit.config import from_dict, load_config
 from adkit.data.collect import check_provenance, collect, load_for
 from adkit.data.histories import HistoriesError, WindowSampler, load, save, stride_episodes
@@ -40,15 +41,29 @@ def test_sources_learn(source, extra):
     assert ret[0] < 3 and ret[-5:].mean() > 3 * ret[:3].mean()
 
 
-def test_psrl_finds_goals_fast_and_needs_a_single_goal():
+def test_psrl_finds_goals_fast():
     h = collect(from_dict({"collect": {"source": "psrl", "streams": 8, "steps": 400, "psrl": {"eps": 0.0}}}),
                 progress=False)
     ret = h.episode_returns()  # (81, 8, 20)
     share = ret / np.array([min(20, 21 - abs(r - 4) - abs(c - 4)) for r, c in h.tasks])[:, None, None]
     assert share[..., 0].mean() < 0.5 and share[..., -5:].mean() > 0.9
-    with pytest.raises(ValueError, match="single-goal"):
-        collect(from_dict({"env": {"name": "key-to-door"}, "collect": {"source": "psrl", "streams": 1,
-                                                                        "steps": 50}}), progress=False)
+
+
+@pytest.mark.parametrize("env,memory,episodes,first", [("key-to-door", 4, 12, 0.4), ("darkroom-permuted", 4, 12, 0.4),
+                                                       ("darkroom-hard", 10, 40, 0.3)])
+def test_posterior_sampling_learns_each_family(env, memory, episodes, first):
+    """Per stream, from episode to episode: little in the first episode, near optimal at the end."""
+    horizon = envs.spec(env).horizon
+    cfg = from_dict({"env": {"name": env, "train_tasks": 24, "test_tasks": 8},
+                     "collect": {"source": "psrl", "streams": 4, "steps": horizon * episodes,
+                                 "psrl": {"memory": memory}}})
+    h = collect(cfg, progress=False)
+    assert len(h.tasks) == 32  # the cut split only
+    ret = h.episode_returns().mean((0, 1))  # (episodes,)
+    optimal = np.mean([envs.optimal_return(env, tuple(t)) for t in h.tasks])
+    random = envs.random_return_mean(env, [tuple(t) for t in h.tasks])
+    assert ret[0] <= first * optimal, ret
+    assert ret[-3:].mean() >= 0.8 * optimal and ret[-3:].mean() > 3 * random, ret
 
 
 def test_round_trip(tmp_path, hist):

@@ -16,7 +16,9 @@ from adkit.metrics import (
     attention_stats,
     batched_attention_stats,
     episode_mass,
+    event_mass,
     head_profile,
+    information_events,
     mean_attention_distance,
     normalized_entropy,
     rewarded_mass,
@@ -218,6 +220,23 @@ def test_rewarded_mass():
     np.testing.assert_allclose(per_sample, [0.1, 0.1])
     with pytest.raises(ValueError, match="last dim of 6"):
         rewarded_mass(row, [1, 0])
+
+
+def test_information_events_tell_key_from_door():
+    # two contexts of 9 transitions: steps within episodes, rewards
+    step = [[3, 4, 0, 1, 2, 3, 4, 0, 1], [0, 1, 2, 0, 1, 2, 3, 4, 0]]
+    paid = [[1, 0, 0, 0, 1, 0, 1, 0, 0], [0, 1, 0, 1, 1, 0, 0, 0, 1]]
+    ev = information_events("key-to-door", paid, step)
+    # row 0: the reward at 0 is in a cut episode with nothing before it: key or door, unknown
+    assert ev["key"][0].nonzero()[0].tolist() == [4] and ev["door"][0].nonzero()[0].tolist() == [6]
+    # row 1: the first episode is whole (starts at step 0): its reward is the key
+    assert ev["key"][1].nonzero()[0].tolist() == [1, 3, 8] and ev["door"][1].nonzero()[0].tolist() == [4]
+    assert (ev["reward"] == (np.array(paid) > 0)).all()
+    assert set(information_events("darkroom-hard", paid, step)) == {"reward"}
+    row = np.full(10, 0.1)
+    assert event_mass(row, ev["key"][1]) == pytest.approx(0.3)
+    with pytest.raises(ValueError, match="last dim of 9"):
+        event_mass(row, [True])
 
 
 # ---------------------------------------------------------------- rollout

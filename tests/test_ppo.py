@@ -13,7 +13,7 @@ import torch
 from adkit import envs
 from adkit.config import PPOConfig
 from adkit.data.loop import record
-from adkit.data.sources.ppo import PPOLearner, gae, init_mlp
+from adkit.data.sources.ppo import PPOLearner, gae
 
 SMALL = PPOConfig(n_steps=20, batch_size=40, n_epochs=4)  # a cheap config for the structural tests
 
@@ -34,12 +34,16 @@ def test_gae_hand_example():
 
 
 def test_orthogonal_init_as_sb3():
-    w1, b1, w2, _, w3, _ = init_mlp(3, [18, 64, 64, 5], 0.01, torch.Generator().manual_seed(0))
-    assert w1.shape == (3, 18, 64) and b1.shape == (3, 1, 64) and not b1.any()
-    torch.testing.assert_close(w1 @ w1.mT, 2 * torch.eye(18).expand(3, 18, 18), atol=1e-5, rtol=0)  # gain sqrt 2
-    torch.testing.assert_close(w2 @ w2.mT, 2 * torch.eye(64).expand(3, 64, 64), atol=1e-5, rtol=0)
-    torch.testing.assert_close(w3.mT @ w3, 1e-4 * torch.eye(5).expand(3, 5, 5), atol=1e-8, rtol=0)
-    assert not torch.equal(w2[0], w2[1])  # every task draws its own
+    _, ppo = learner([(0, 0), (4, 4), (8, 8)])
+    w1, b1, w2, _, w3, _, v1, _, v2, _, v3, b_v = ppo.params
+    assert w1.shape == (3, 18, 64) and b1.shape == (3, 1, 64) and not b1.any() and not b_v.any()
+    for w in (w1, v1):  # gain sqrt 2 on the hidden layers
+        torch.testing.assert_close(w @ w.mT, 2 * torch.eye(18).expand(3, 18, 18), atol=1e-5, rtol=0)
+    for w in (w2, v2):
+        torch.testing.assert_close(w @ w.mT, 2 * torch.eye(64).expand(3, 64, 64), atol=1e-5, rtol=0)
+    torch.testing.assert_close(w3.mT @ w3, 1e-4 * torch.eye(5).expand(3, 5, 5), atol=1e-8, rtol=0)  # 0.01
+    torch.testing.assert_close(v3.mT @ v3, torch.ones(3, 1, 1), atol=1e-5, rtol=0)  # gain 1
+    assert not torch.equal(w2[0], w2[1]) and not torch.equal(w2[0], v2[0])  # every net draws its own
 
 
 def test_actions_in_range_and_shapes():

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from adkit.config import load_config
+from adkit.data.collect import collect
 from adkit.data.histories import WindowSampler
 from adkit.data.histories import save as save_histories
 from adkit.data.tokens import Tokens
@@ -94,6 +95,13 @@ def test_histories_for_another_family_are_refused(tmp_path, tiny_hist):
     cfg = load_config("tiny", {"env": {"name": "key-to-door"}})
     with pytest.raises(ValueError, match="histories are for 'darkroom'"):
         train(Run.create(cfg, tmp_path / "run"), tiny_hist, progress=False)
+
+
+def test_a_context_shorter_than_the_sources_episode_is_refused(tmp_path):
+    cfg = load_config("tiny", {"env": {"name": "key-to-door", "train_tasks": 2, "test_tasks": 1}})
+    h = collect(cfg, progress=False)
+    with pytest.raises(ValueError, match="n_transit is 20, shorter than one key-to-door episode .50 steps"):
+        train(Run.create(cfg, tmp_path / "run"), h, progress=False)
 
 
 @pytest.mark.slow

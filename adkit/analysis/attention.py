@@ -60,7 +60,7 @@ from adkit.data.tokens import INPUTS, Tokens
 from adkit.io import atomic_path, open_hdf5
 from adkit.model.checkpoint import load as load_model
 from adkit.model.evaluate import rollout
-from adkit.run import MissingStage, Run
+from adkit.run import MissingStage, Run, task_split
 
 FORMAT, VERSION = "adkit-attention", 1
 SOURCES = ("windows", "rollout")
@@ -105,7 +105,7 @@ def window_contexts(cfg, h: Histories, n: int, seed: int = 0) -> Contexts:
 
     One :class:`WindowSampler` per task (so each window knows its task), over all streams.
     """
-    train_tasks, _ = envs.task_split(cfg.env.name, cfg.env.split_seed, cfg.env.train_ratio)
+    train_tasks, _ = task_split(cfg)
     rows = h.task_index(train_tasks)
     counts = np.bincount(np.arange(n) % len(rows), minlength=len(rows))  # (n_tasks,) windows per task
     seq = cfg.model.n_transit + 1  # one more transition: the next decision's state and action
@@ -135,7 +135,7 @@ def rollout_contexts(model, cfg, decisions: Sequence[int] | None = None, traject
     Samples are trajectory-major: trajectory ``i`` (task ``i // seeds``, seed ``i % seeds``)
     at every decision in turn; ``trajectories`` keeps the first ones.
     """
-    _, test_tasks = envs.task_split(cfg.env.name, cfg.env.split_seed, cfg.env.train_ratio)
+    _, test_tasks = task_split(cfg)
     seeds = list(range(seed, seed + cfg.eval.seeds))
     res = rollout(model, cfg.env.name, test_tasks, seeds=seeds, episodes=cfg.eval.episodes,
                   greedy=cfg.eval.greedy, progress=progress)

@@ -29,7 +29,7 @@ from matplotlib.ticker import MaxNLocator
 
 from adkit.analysis.attention import AttentionRecord
 from adkit.analysis.insights import AblationResult, episode_profile, layer_stats
-from adkit.analysis.metrics import attention_rollout, stats_table
+from adkit.analysis.metrics import attention_rollout, information_events, stats_table
 from adkit.plots import widget_panel
 
 CMAP = "Reds"  # the original's heatmap colours
@@ -42,17 +42,30 @@ def _boundaries(episode: np.ndarray) -> np.ndarray:
     return np.flatnonzero(np.diff(episode)) + 1
 
 
-def _step_axis(ax, record: AttentionRecord, sample: int, axis: str = "x") -> None:
-    """Ticks at episode starts (and the last token) labelled with stream steps; dashed episode boundaries.
+EVENT_COLOURS = {"reward": "#ff7f0e", "key": "#d4a017", "door": "#2ca02c"}  # information_events kinds
 
-    Boundaries drawn by an earlier call on the same axes are replaced, so a figure can be redrawn in place.
+
+def _step_axis(ax, record: AttentionRecord, sample: int, axis: str = "x") -> None:
+    """Ticks at episode starts (and the last token) labelled with stream steps; dashed episode boundaries;
+    triangles under the x axis at the transitions that carry the task's information (rewards;
+    Key-to-Door's key and door events, see :func:`information_events`).
+
+    Marks drawn by an earlier call on the same axes are replaced, so a figure can be redrawn in place.
     """
     positions, episode = record.tokens["positions"][sample], record.tokens["episode"][sample]
     T, starts = len(positions), _boundaries(episode)
     inner = starts[(starts > T // 20) & (starts < T - 1 - T // 20)]  # not crowding the first and last ticks
     ticks = np.concatenate([[0], inner, [T - 1]])
-    for old in [line for line in ax.lines if line.get_gid() == "episode boundary"]:
+    for old in [line for line in ax.lines if line.get_gid() in ("episode boundary", "event")]:
         old.remove()
+    events = information_events(record.meta["env"], record.tokens["rewards"][sample, :-1],
+                                record.tokens["step"][sample, :-1])
+    if "key" in events:  # a reward marked as key or door is drawn as that only
+        events["reward"] = events["reward"] & ~events["key"] & ~events["door"]
+    for kind, mask in events.items():
+        if mask.any():
+            ax.plot(np.flatnonzero(mask), np.zeros(mask.sum()), ls="", marker="^", ms=5, color=EVENT_COLOURS[kind],
+                    transform=ax.get_xaxis_transform(), clip_on=False, gid="event", label=kind)
     for name in axis:
         getattr(ax, f"set_{name}ticks")(ticks, [str(positions[t]) for t in ticks], fontsize=7)
         line = ax.axvline if name == "x" else ax.axhline

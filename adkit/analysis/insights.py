@@ -35,7 +35,9 @@ from adkit.analysis.metrics import (
     attention_rollout,
     batched_attention_stats,
     episode_mass,
+    event_mass,
     head_profile,
+    information_events,
     mean_attention_distance,
     normalized_entropy,
     rewarded_mass,
@@ -82,18 +84,35 @@ def layer_stats(record: AttentionRecord) -> dict[int, dict[str, np.ndarray]]:
     """Per loaded layer, metrics of every sample's head-averaged query row, each of shape (B,).
 
     The original's ``STAT_KEYS`` plus ``normalized_entropy``, ``mean_attention_distance``
-    (steps back), ``sink_mass`` and ``rewarded_mass`` (on transitions with reward > 0).
+    (steps back), ``sink_mass``, ``rewarded_mass`` (on transitions with reward > 0) and,
+    for each kind of :func:`information_events` (``reward``; Key-to-Door's ``key`` and
+    ``door``), ``{kind}_mass`` and ``{kind}_share`` (the share of context transitions of that kind).
     """
     out = {}
     rewards = record.tokens["rewards"][:, :-1]  # (B, T-1): one per context key
+    events = information_events(record.meta["env"], rewards, record.tokens["step"][:, :-1])  # kind -> (B, T-1)
     for layer in record.layers:
         pattern = record.head_mean(layer)  # (B, T, T)
         rows = pattern[:, -1]  # (B, T) query rows
         stats = batched_attention_stats(pattern)
         stats.update(normalized_entropy=normalized_entropy(rows), mean_attention_distance=mean_attention_distance(rows),
                      sink_mass=sink_mass(rows), rewarded_mass=rewarded_mass(rows, rewards))
+        for kind, mask in events.items():
+            stats[f"{kind}_mass"], stats[f"{kind}_share"] = event_mass(rows, mask), mask.mean(-1)
         out[layer] = stats
     return out
+
+
+def information_table(stats: dict[int, dict[str, np.ndarray]]) -> pd.DataFrame:
+    """Per layer and kind of task information: its share of the context, the query's attention
+    mass on it (means over samples) and their ratio (lift: 1 is what a uniform row gives)."""
+    rows = []
+    for layer, s in stats.items():
+        for kind in [k.removesuffix("_share") for k in s if k.endswith("_share")]:
+            share, mass = float(s[f"{kind}_share"].mean()), float(s[f"{kind}_mass"].mean())
+            rows.append({"layer": layer, "transitions": kind, "share of context": round(share, 4),
+                         "attention mass": round(mass, 4), "lift": round(mass / share, 2) if share else float("nan")})
+    return pd.DataFrame(rows)
 
 
 def episode_profile(record: AttentionRecord) -> np.ndarray:
@@ -465,6 +484,10 @@ class Insights:
         for r in self.recommendations:
             lines += [f"### Layer {r.layer}: {r.compressor} (`{r.name}`, keep {r.budget})", "", f"Rule: {r.rule}.", ""]
             lines += [f"- 💡 {INSIGHTS[k][0]} {INSIGHTS[k][1]}" for k in r.insights] + [""]
+        lines += ["## Attention on the task's information", "",
+                  "The query's attention mass on the transitions that carry the task's information, against their "
+                  "share of the context (lift 1: no more than a uniform row).", "",
+                  markdown_table(information_table(self.stats)), ""]
         if self.ablation is not None:
             a = self.ablation
             lines += ["## Does attention predict importance?", "", a.verdict, "",

@@ -9,7 +9,8 @@ device) or numpy arrays; results are float64 numpy arrays or Python numbers.
 * ``attention_stats`` keeps the original toolkit's metrics, names and meanings
   (``STAT_KEYS``); ``batched_attention_stats`` computes them for any ``(..., T, T)``.
 * Length-aware additions take query rows ``(..., T)``: ``normalized_entropy``,
-  ``mean_attention_distance``, ``sink_mass``, ``episode_mass``, ``rewarded_mass``.
+  ``mean_attention_distance``, ``sink_mass``, ``episode_mass``, ``rewarded_mass``, ``event_mass`` (on
+  ``information_events``: rewards, Key-to-Door's key and door).
 * Across layers and heads: ``attention_rollout``, ``head_profile``, ``stats_table``.
 """
 
@@ -201,6 +202,38 @@ def rewarded_mass(row: ArrayLike, rewards: ArrayLike) -> np.ndarray:
     return (rows[..., :-1] * (r > 0)).sum(-1)
 
 
+def information_events(env: str, rewards: ArrayLike, step: ArrayLike) -> dict[str, np.ndarray]:
+    """The context transitions that carry a task's information, by kind: masks ``(..., n)``.
+
+    Every family: ``reward`` (reward > 0). Key-to-Door adds ``key`` (the first reward of an
+    episode) and ``door`` (the second), where the context shows it: a reward in the oldest
+    episode, cut by the window, with no earlier reward in view, could be either and counts
+    as ``reward`` only. ``rewards``, ``step`` (step within the episode): ``(..., n)``.
+    """
+    paid, step = _numpy(rewards) > 0, np.asarray(step)
+    events = {"reward": paid}
+    if env != "key-to-door":
+        return events
+    before = np.cumsum(paid, -1) - paid  # rewards earlier in the context
+    first = step == 0  # episode starts; the context's first token counts as one (a cut episode)
+    first[..., 0] = True
+    base = np.maximum.accumulate(np.where(first, before, 0), axis=-1)  # rewards before this episode's first token
+    nth = before - base  # rewards earlier in the same episode, in view
+    cut = np.cumsum(first, -1) == 1  # the oldest episode in view
+    whole = ~cut | (step[..., :1] == 0)  # its start is in view
+    events["key"] = paid & (nth == 0) & whole
+    events["door"] = paid & (nth == 1)  # an episode pays at most twice: a second reward is the door
+    return events
+
+
+def event_mass(row: ArrayLike, mask: ArrayLike) -> np.ndarray:
+    """Mass of query rows ``(..., T)`` on the context keys in ``mask (..., T-1)``: ``(...)``."""
+    rows, m = _rows(row, "event_mass"), np.asarray(mask, bool)
+    if m.shape[-1:] != (rows.shape[-1] - 1,):
+        raise ValueError(f"event_mass: the mask needs a last dim of {rows.shape[-1] - 1}, got shape {m.shape}")
+    return (rows[..., :-1] * m).sum(-1)
+
+
 def attention_rollout(patterns: ArrayLike, add_residual: bool = True) -> np.ndarray:
     """Attention rollout (Abnar & Zuidema, 2020): how much each output attends to each input.
 
@@ -328,5 +361,5 @@ def stats_table(patterns: ArrayLike) -> list[dict]:
 
 
 __all__ = ["EPS", "RULES", "STAT_KEYS", "HeadProfile", "attention_rollout", "attention_stats",
-           "batched_attention_stats", "episode_mass", "head_profile", "mean_attention_distance",
-           "normalized_entropy", "rewarded_mass", "sink_mass", "stats_table"]
+           "batched_attention_stats", "episode_mass", "event_mass", "head_profile", "information_events",
+           "mean_attention_distance", "normalized_entropy", "rewarded_mass", "sink_mass", "stats_table"]

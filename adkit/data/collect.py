@@ -2,36 +2,63 @@
 
 from __future__ import annotations
 
+import dataclasses
+import multiprocessing
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import yaml
 
-from adkit import envs
+from adkit import envs, threads
 from adkit.config import Config, dump_config, flatten, provenance
 from adkit.data.histories import Histories, HistoriesError, load, save
 from adkit.data.loop import record
 from adkit.data.sources import make_learner
-from adkit.run import histories_path
+from adkit.run import histories_path, task_split
 
 
 def collect(cfg: Config, progress: bool = True) -> Histories:
     """Histories of ``cfg.collect.source`` on all tasks of ``cfg.env`` (train and test).
 
     Test tasks are collected too: their source curves are the baseline that the
-    in-context evaluation is compared with. All tasks x streams run in one
-    batched vector env.
+    in-context evaluation is compared with. The split's tasks (all of the family's
+    unless ``env.train_tasks`` / ``env.test_tasks`` cut it), in the family's order,
+    x streams run in one batched vector env; with ``collect.workers`` > 1, in that
+    many processes at once, each on a slice of the tasks with one torch thread (the
+    slice ``i`` learner is seeded ``seed + 10,000 i``).
     """
     c = cfg.collect
-    tasks = np.array(envs.task_list(cfg.env.name), dtype=np.int64)  # (n_tasks, task_dim)
-    env = envs.make(cfg.env.name, tasks, streams=c.streams)
-    learner = make_learner(env, c)
-    arrays = record(env, learner, c.steps, seed=c.seed, progress=progress, desc=f"collect {c.source}")
+    wanted = {tuple(t) for part in task_split(cfg) for t in part}
+    tasks = np.array([t for t in envs.task_list(cfg.env.name) if t in wanted], dtype=np.int64)  # (n_tasks, task_dim)
+    slices = np.array_split(tasks, min(c.workers, len(tasks)))
+    if len(slices) == 1:
+        arrays = record_tasks(cfg, tasks, 0, progress)
+    else:
+        with ProcessPoolExecutor(len(slices), mp_context=multiprocessing.get_context("spawn")) as pool:
+            parts = list(pool.map(record_in_worker, [cfg] * len(slices), slices, range(len(slices)),
+                                  [progress] + [False] * (len(slices) - 1)))  # one progress bar: the first slice's
+        arrays = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
     shape = (len(tasks), c.streams)
     arrays = {k: v.reshape(shape + v.shape[1:]) for k, v in arrays.items()}  # (n_tasks, n_streams, steps, ...)
     return Histories(env=envs.spec(cfg.env.name).name, source=c.source, tasks=tasks, seed=c.seed,
                      config=dump_config(cfg), **arrays)
+
+
+def record_tasks(cfg: Config, tasks: np.ndarray, part: int, progress: bool) -> dict[str, np.ndarray]:
+    """:func:`record` of the source on ``tasks`` x streams (slice ``part`` of the split's tasks)."""
+    c = cfg.collect
+    env = envs.make(cfg.env.name, tasks, streams=c.streams)
+    learner = make_learner(env, dataclasses.replace(c, seed=c.seed + 10_000 * part))
+    desc = f"collect {c.source}" + (f" ({c.workers} processes)" if c.workers > 1 else "")
+    return record(env, learner, c.steps, seed=c.seed + part, progress=progress, desc=desc)
+
+
+def record_in_worker(*args) -> dict[str, np.ndarray]:
+    """:func:`record_tasks` in a worker process, at one torch thread."""
+    threads.configure(1)
+    return record_tasks(*args)
 
 
 def collect_to_file(cfg: Config, path: str | Path | None = None, progress: bool = True) -> tuple[Path, float]:

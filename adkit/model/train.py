@@ -38,7 +38,7 @@ from adkit.io import atomic_path, write_text
 from adkit.model.checkpoint import PENDING, CheckpointError, commit, load, recover, save
 from adkit.model.transformer import ADTransformer
 from adkit.progress import bar as progress_bar
-from adkit.run import Run
+from adkit.run import Run, task_split
 
 LOG_FIELDS = ["step", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "seconds"]
 
@@ -79,7 +79,7 @@ def make_optimizer(model: torch.nn.Module, t: TrainConfig) -> torch.optim.AdamW:
 
 def samplers(cfg: Config, h: Histories, rank: int = 0) -> tuple[WindowSampler, WindowSampler]:
     """Train and validation samplers: train tasks only; validation on held-out streams."""
-    train_tasks, _ = envs.task_split(cfg.env.name, cfg.env.split_seed, cfg.env.train_ratio)
+    train_tasks, _ = task_split(cfg)
     rows = h.task_index(train_tasks)
     n_streams = h.shape[1]
     n_val = max(1, int(round(n_streams * cfg.train.val_streams))) if n_streams > 1 else 0
@@ -133,6 +133,12 @@ class Trainer:
         cfg = run.cfg
         if envs.spec(h.env).name != envs.spec(cfg.env.name).name:
             raise ValueError(f"histories are for {h.env!r} but the config trains {cfg.env.name!r}")
+        horizon, memory = envs.spec(cfg.env.name).horizon, cfg.collect.psrl.memory
+        if cfg.collect.source == "psrl" and cfg.model.n_transit < horizon:
+            raise ValueError(f"model.n_transit is {cfg.model.n_transit}, shorter than one {cfg.env.name} episode "
+                             f"({horizon} steps), but the psrl source acts on whole remembered episodes ({memory}): "
+                             f"a decision could not see what it imitates; set model.n_transit to at least {horizon} "
+                             f"({memory * horizon} sees all {memory})")
         if cfg.train.loss not in ("all", "last"):
             raise ValueError(f"train.loss must be 'all' or 'last', got {cfg.train.loss!r}")
         self.run, self.cfg, self.t, self.run_dir, self.progress = run, cfg, cfg.train, run.dir, progress
