@@ -47,6 +47,7 @@ class PPOConfig:
     vf_coef: float = 0.5  # value-loss weight
     max_grad_norm: float = 0.5  # gradient clipping (per task)
     hidden: int = 64  # width of the two tanh hidden layers (separate policy and value nets)
+    encoding: str = "rowcol"  # network input: "raw" (row, col) floats as SB3, or "rowcol" one-hots (learns sooner)
 
 
 @dataclass
@@ -70,6 +71,9 @@ class NoiseConfig:
 class PSRLConfig:
     memory: int = 4  # episodes remembered (match the model's context: n_transit / horizon)
     eps: float = 0.05  # probability of a uniform-random action
+
+
+SOURCE_SETTINGS = ("ppo", "qlearning", "noise", "psrl")  # CollectConfig sections: each source's own settings
 
 
 @dataclass
@@ -120,6 +124,8 @@ class ModelConfig:
     tf_dropout: float = 0.1  # dropout on embeddings, residual branches and the MLP
     tf_attn_dropout: float = 0.1  # dropout on attention weights
     rope_base: float = 10000.0  # RoPE frequency base
+    episode_step: bool = False  # also embed each transition's step within its episode (stream position mod horizon)
+    episode_return: bool = False  # also embed its episode's return so far (0, 1, 2, 3+): Key-to-Door's key held or not
 
 
 @dataclass
@@ -334,11 +340,13 @@ def flatten(d: dict, prefix: str = "") -> dict:
 
 
 def provenance(cfg: Config | dict) -> dict:
-    """What makes a histories file: the ``env`` section (family and task split) and the whole ``collect``
-    section (a config or its dict)."""
+    """What makes a histories file: the ``env`` section (family and task split) and the ``collect``
+    section with the settings of its own source only (a config or its dict)."""
     d = cfg if isinstance(cfg, dict) else cfg.to_dict()
     env = {**dataclasses.asdict(EnvConfig()), **d.get("env", {})}  # files from before a field existed: its default
-    return {"env": _plain(env), "collect": _plain(d.get("collect", {}))}
+    collect = {**dataclasses.asdict(CollectConfig()), **d.get("collect", {})}
+    own = {k: v for k, v in collect.items() if k not in SOURCE_SETTINGS or k == collect.get("source")}
+    return {"env": _plain(env), "collect": _plain(own)}
 
 
 def dataset_id(cfg: Config) -> str:

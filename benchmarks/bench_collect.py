@@ -18,7 +18,7 @@ Usage::
 
     .venv/bin/python benchmarks/bench_collect.py                  # PPOConfig as configured
     .venv/bin/python benchmarks/bench_collect.py --ppo n_epochs=5 # change PPOConfig fields (adkit only)
-    .venv/bin/python benchmarks/bench_collect.py --sb3-goals 0 --goals 9 --encoding raw  # SB3's raw (row, col) input
+    .venv/bin/python benchmarks/bench_collect.py --sb3-goals 0 --goals 9 --ppo encoding=rowcol  # one-hot input
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from adkit import envs
 from adkit.config import PPOConfig, from_dict
 from adkit.data.collect import record_in_worker
 from adkit.data.loop import record
-from adkit.data.sources.ppo import ENCODINGS, PPOLearner
+from adkit.data.sources.ppo import PPOLearner
 from adkit.envs.grid import MOVES
 
 PUBLISHED = dict(n_steps=20, batch_size=50, n_epochs=20, learning_rate=3e-4)  # DICP's SB3 PPO settings
@@ -104,7 +104,7 @@ def run_sb3_pool(goals: list, cores: int) -> tuple[float, list[float], np.ndarra
     return time.perf_counter() - t0, [s for s, _ in runs], np.concatenate([r for _, r in runs])
 
 
-def run_adkit(goals: list, cfg: PPOConfig, encoding: str, workers: int) -> tuple[float, np.ndarray]:
+def run_adkit(goals: list, cfg: PPOConfig, workers: int) -> tuple[float, np.ndarray]:
     """Seconds and episode returns ``(goals * STREAMS, episodes)`` of adkit's batched PPO, in ``workers``
     processes of one thread each (``adkit collect``'s ``collect.workers``), or in this one."""
     env_cfg = from_dict({"env": {"name": "darkroom"}, "collect": {"source": "ppo", "streams": STREAMS, "steps": STEPS,
@@ -119,7 +119,7 @@ def run_adkit(goals: list, cfg: PPOConfig, encoding: str, workers: int) -> tuple
         rewards = np.concatenate([p["rewards"] for p in parts])  # (n_envs, STEPS)
     else:
         env = envs.make("darkroom", goals, streams=STREAMS)
-        rewards = record(env, PPOLearner(env, cfg, STEPS, seed=0, encoding=encoding), STEPS, progress=False)["rewards"]
+        rewards = record(env, PPOLearner(env, cfg, STEPS, seed=0), STEPS, progress=False)["rewards"]
     seconds = time.perf_counter() - t0
     return seconds, rewards.reshape(len(rewards), -1, HORIZON).sum(-1)  # (n_envs, STEPS) -> (n_envs, episodes)
 
@@ -136,25 +136,22 @@ def main() -> None:
     p.add_argument("--sb3-goals", type=int, default=4, help="goals run the published way (0: skip SB3)")
     p.add_argument("--cores", type=int, default=2, help="processes at a time for the published way")
     p.add_argument("--one-goal", action="store_true", help="also run adkit on SB3's first goal alone")
-    p.add_argument("--encoding", choices=ENCODINGS, default="rowcol", help="adkit's network input")
     p.add_argument("--threads", type=int, default=0, help="torch threads for adkit (0: torch's default)")
     p.add_argument("--workers", type=int, default=2, help="adkit processes (collect.workers; 1: this one)")
     p.add_argument("--ppo", nargs="*", default=[], metavar="FIELD=VALUE", help="PPOConfig values for adkit")
     args = p.parse_args()
     changes = dict(kv.split("=", 1) for kv in args.ppo)
-    base = PPOConfig()
+    base = PPOConfig(encoding="raw")  # SB3's input: the (row, col) floats
     if unknown := set(changes) - {f.name for f in dataclasses.fields(base)}:
         p.error(f"unknown PPOConfig fields {sorted(unknown)}")
     cfg = dataclasses.replace(base, **{k: type(getattr(base, k))(v) for k, v in changes.items()})
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.encoding != "rowcol" and args.workers > 1:
-        p.error("--encoding other than rowcol runs in this process: add --workers 1")
     all_goals = envs.task_list("darkroom")
     goals = all_goals[: args.goals]
     sb3_goals = SB3_GOALS[: args.sb3_goals]
     how = f"{args.workers} processes of 1 torch thread" if args.workers > 1 else f"{torch.get_num_threads()} threads"
-    print(f"published (SB3): {PUBLISHED}\nadkit: {cfg}, encoding {args.encoding}, {how}\n"
+    print(f"published (SB3): {PUBLISHED}\nadkit: {cfg}, {how}\n"
           f"{STREAMS} streams x {STEPS} steps per goal\n")
 
     def optimal(gs):
@@ -167,9 +164,9 @@ def main() -> None:
         line(f"(a) SB3, {len(sb3_goals)} goals, {args.cores} processes", len(sb3_goals), wall, sb3_ret,
              optimal(sb3_goals))
     if args.one_goal:
-        one_s, one_ret = run_adkit(SB3_GOALS[:1], cfg, args.encoding, 1)
+        one_s, one_ret = run_adkit(SB3_GOALS[:1], cfg, 1)
         line(f"(b) adkit, goal {SB3_GOALS[0]}", 1, one_s, one_ret, optimal(SB3_GOALS[:1]))
-    all_s, all_ret = run_adkit(goals, cfg, args.encoding, args.workers)
+    all_s, all_ret = run_adkit(goals, cfg, args.workers)
     line(f"(b) adkit, {len(goals)} goals batched, {args.workers} process(es)", len(goals), all_s, all_ret,
          optimal(goals))
 

@@ -40,7 +40,7 @@ from adkit.model.evaluate import summary
 from adkit.model.seeds import train_and_evaluate
 from adkit.paths import resolve
 from adkit.plots import band, source_bands
-from adkit.run import Run
+from adkit.run import Run, task_split
 
 
 def run_seed(cfg, h, run_dir: Path, time_budget: float = 0.0) -> dict:
@@ -75,7 +75,7 @@ def main() -> None:
     t0 = time.perf_counter()
     h = load_histories(args.histories) if args.histories else collect(cfg, progress=False)
     t_collect = 0.0 if args.histories else time.perf_counter() - t0
-    _, test = envs.task_split(cfg.env.name, cfg.env.split_seed, cfg.env.train_ratio)
+    _, test = task_split(cfg)
     src = h.task_returns(test)  # (streams, episodes)
     print(f"profile {cfg.profile}: collect {t_collect:.1f} s ({cfg.collect.source}); source on held-out tasks: "
           f"episode 1 {src[:, 0].mean():.2f}, last 10 {src[:, -10:].mean():.2f}")

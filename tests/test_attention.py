@@ -21,7 +21,7 @@ from adkit.analysis.attention import (
     window_contexts,
 )
 from adkit.analysis.figures import explorer, save_figures, save_original_set
-from adkit.data.tokens import Tokens
+from adkit.data.tokens import Tokens, returns_so_far
 from adkit.model import ADTransformer, ModelConfig
 from adkit.run import MissingStage
 
@@ -43,12 +43,12 @@ def contexts(B=6, T=12, seed=0) -> Contexts:
     """Random contexts of T consecutive transitions starting anywhere in a 200-step stream."""
     g = torch.Generator().manual_seed(seed)
     start = torch.randint(0, 200, (B, 1), generator=g)
+    rewards, positions = (torch.rand(B, T, generator=g) < 0.3).float(), start + torch.arange(T)
     inputs = Tokens(states=torch.randint(0, 9, (B, T, 2), generator=g),
-                    actions=torch.randint(0, 5, (B, T), generator=g),
-                    rewards=(torch.rand(B, T, generator=g) < 0.3).float(),
+                    actions=torch.randint(0, 5, (B, T), generator=g), rewards=rewards,
                     next_states=torch.randint(0, 9, (B, T, 2), generator=g),
-                    queries=torch.randint(0, 9, (B, T, 2), generator=g),
-                    positions=start + torch.arange(T))
+                    queries=torch.randint(0, 9, (B, T, 2), generator=g), positions=positions,
+                    episode_return=returns_so_far(rewards, positions % HORIZON == 0))
     return Contexts(inputs, np.tile([[1, 2]], (B, 1)), np.arange(B), start[:, 0].numpy() + T, np.zeros(B, int))
 
 

@@ -82,6 +82,27 @@ def test_summary_numbers_on_hand_made_returns():
     assert s["first_reward_median"] == 2.5 and s["never_rewarded"] == 0.25
 
 
+def test_episode_features_reach_the_cache_as_the_window(tmp_path):
+    """A model reading the episode step and return so far gives the same logits through the rolling
+    cache as over the whole history, across episode ends (rewards on Darkroom's goal every step)."""
+    torch.manual_seed(0)
+    cfg = ModelConfig(n_transit=30, tf_n_embd=16, tf_n_layer=2, tf_n_head=2, tf_n_inner=32, episode_step=True,
+                      episode_return=True)
+    m = ADTransformer(cfg).eval()
+    res = rollout(m, "darkroom", [(4, 5), (3, 4)], seeds=[0, 1], episodes=3, greedy=True, progress=False)
+    traj = res.trajectories
+    per_episode = traj.rewards.view(4, 3, 20).cumsum(-1).flatten(1)  # (4, 60): the return so far, episode by episode
+    torch.testing.assert_close(traj.episode_return, per_episode)
+    assert traj.episode_return.max() > 1  # some stream was rewarded more than once in an episode
+    with torch.no_grad():
+        whole = m(**traj.window(60, 60))
+        cache = m.new_cache(4)
+        steps = torch.stack([m.step(cache, *traj.token(t)) for t in range(60)], 1)
+        torch.testing.assert_close(steps, whole, atol=1e-5, rtol=1e-4)
+        with pytest.raises(ValueError, match="episode_return"):
+            m(**{**traj.window(60, 60), "episode_return": None})
+
+
 def test_dicp_re_encode_is_another_function_once_streams_outgrow_the_window():
     """With 2+ layers a cached decision sees n_layer x (n_transit - 1) + 1 transitions back; DICP's
     re-encode of the last n_transit sees n_transit: equal while the stream fits, different after."""
@@ -92,8 +113,7 @@ def test_dicp_re_encode_is_another_function_once_streams_outgrow_the_window():
     with torch.no_grad():
         whole = m(**traj.window(20, 20))  # the sliding-window model over the whole history
         cache = m.new_cache(2)
-        steps = [m.step(cache, traj.states[:, t], traj.actions[:, t], traj.rewards[:, t], traj.next_states[:, t],
-                        traj.states[:, t + 1]) for t in range(20)]
+        steps = [m.step(cache, *traj.token(t)) for t in range(20)]
         dicp = [m(**traj.window(t + 1, 6))[:, -1] for t in range(20)]  # the last 6 transitions re-encoded
     torch.testing.assert_close(torch.stack(steps, 1), whole, atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(dicp[5], steps[5], atol=1e-5, rtol=1e-4)  # 6 transitions: the window holds all

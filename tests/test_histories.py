@@ -112,6 +112,13 @@ def test_window_sampler_draws_consecutive_transitions_from_chosen_tasks(hist):
                    if (hist.actions[r, st, t0:t0 + 30] == b["actions"][i].numpy()).all()
                    and (hist.states[r, st, t0:t0 + 30] == b["states"][i].numpy()).all()]
         assert matches
+        # the episode's return so far counts from the episode's start, even one before the window
+        r, st = matches[0]
+        start = t0 - t0 % 20
+        expected = np.cumsum(hist.rewards[r, st, start:t0 + 30])[t0 - start:]
+        expected -= np.concatenate([[0], np.cumsum(hist.rewards[r, st, start:t0 + 30])])[
+            np.maximum(0, (np.arange(t0, t0 + 30) // 20) * 20 - start)]
+        np.testing.assert_allclose(b["episode_return"][i].numpy(), expected)
     with pytest.raises(ValueError, match="longer than"):
         WindowSampler(hist, rows, [0], seq_len=101)
 

@@ -35,7 +35,7 @@ def hand_record(rows, rewards=None, start=0, source="windows"):
                     rewards=torch.zeros(B, T) if rewards is None else torch.as_tensor(rewards, dtype=torch.float32),
                     next_states=torch.randint(0, 9, (B, T, 2), generator=g),
                     queries=torch.randint(0, 9, (B, T, 2), generator=g),
-                    positions=torch.arange(start, start + T).expand(B, T))
+                    positions=torch.arange(start, start + T).expand(B, T), episode_return=torch.zeros(B, T))
     ctx = Contexts(inputs, np.zeros((B, 2), int), np.arange(B), np.full(B, start + T), np.zeros(B, int))
     meta = {"source": source, "env": "darkroom", "horizon": HORIZON, "n_layer": 1, "n_head": 1}
     return build_record(ctx, patterns[None, :, None], np.zeros((B, 5)), meta)
@@ -131,7 +131,7 @@ class MarkerModel(torch.nn.Module):
     context transition and on nothing else.
     """
 
-    def forward(self, states, actions, rewards, next_states, queries, positions=None):
+    def forward(self, states, actions, rewards, next_states, queries, positions=None, episode_return=None):
         B, L = actions.shape
         marked = torch.where(rewards > 0, torch.arange(L).expand(B, L), -1).cummax(1).values  # (B, L)
         copied = actions.long().gather(1, marked.clamp(min=0))
@@ -171,7 +171,8 @@ def test_drop_tokens_keeps_order_and_original_positions():
     T = 6
     states = torch.arange(2 * T).view(1, T, 2).expand(2, T, 2)
     inputs = Tokens(states=states, actions=torch.arange(T).expand(2, T), rewards=torch.zeros(2, T),
-                    next_states=states, queries=states, positions=torch.arange(100, 100 + T).expand(2, T))
+                    next_states=states, queries=states, positions=torch.arange(100, 100 + T).expand(2, T),
+                    episode_return=torch.zeros(2, T))
     out = drop_tokens(inputs, torch.tensor([[1, 3], [4, 0]]))
     assert out["actions"].tolist() == [[0, 2, 4, 5], [1, 2, 3, 5]]
     assert out["positions"].tolist() == [[100, 102, 104, 105], [101, 102, 103, 105]]

@@ -73,8 +73,12 @@ def test_fused_and_explicit_paths_agree_and_patterns_are_causal(model):
     assert (pat[..., 20, :13] == 0).all()  # outside the 8-token window
 
 
-def test_kv_cache_rollout_equals_full_recompute(model):
-    b = batch(L=40)
+@pytest.mark.parametrize("episode_step", [False, True])
+def test_kv_cache_rollout_equals_full_recompute(episode_step):
+    torch.manual_seed(0)
+    cfg = ModelConfig(n_transit=8, tf_n_embd=16, tf_n_layer=3, tf_n_head=2, tf_n_inner=32, episode_step=episode_step)
+    model = ADTransformer(cfg).eval()
+    b = batch(L=40)  # two Darkroom episodes: the step embedding wraps at 20
     full = model(**b)  # (B, L, A): every prefix recomputed under the same window
     cache = model.new_cache(3)
     steps = [model.step(cache, *(b[k][:, t] for k in ("states", "actions", "rewards", "next_states", "queries")))
@@ -109,6 +113,18 @@ def test_hook_can_edit_activations(model):
     with model.hooks([(lambda n: n.endswith("hook_pattern"), uniform)]):
         edited = model(**b)
     assert not torch.allclose(base, edited)
+
+
+def test_episode_step_embeds_the_step_within_the_episode():
+    torch.manual_seed(0)
+    m = ADTransformer(ModelConfig(n_transit=8, tf_n_embd=16, tf_n_layer=1, tf_n_head=2, tf_n_inner=32,
+                                  episode_step=True), "key-to-door").eval()
+    b = batch(B=1, L=2)
+    same = [m.embed(**b, positions=torch.tensor([[p, p + 1]])) for p in (3, 53)]  # one horizon (50) apart
+    torch.testing.assert_close(*same)
+    assert not torch.allclose(same[0], m.embed(**b, positions=torch.tensor([[4, 5]])))
+    with pytest.raises(ValueError, match="episode_step.*renumber"):
+        ADTransformer(m.cfg, "key-to-door", positions="renumber")
 
 
 def test_checkpoint_round_trip_and_clear_errors(tmp_path, model):

@@ -18,9 +18,9 @@ from adkit.data.sources.ppo import PPOLearner, gae
 SMALL = PPOConfig(n_steps=20, batch_size=40, n_epochs=4)  # a cheap config for the structural tests
 
 
-def learner(tasks, streams=4, cfg=SMALL, seed=0, **kw):
+def learner(tasks, streams=4, cfg=SMALL, seed=0, **changes):
     env = envs.make("darkroom", tasks, streams=streams)
-    return env, PPOLearner(env, cfg, steps=0, seed=seed, **kw)
+    return env, PPOLearner(env, dataclasses.replace(cfg, **changes), steps=0, seed=seed)
 
 
 def test_gae_hand_example():
@@ -54,7 +54,7 @@ def test_actions_in_range_and_shapes():
         assert actions.shape == (10,) and actions.dtype == np.int64
         assert actions.min() >= 0 and actions.max() < 5
         obs, *_ = env.step(actions)
-    with pytest.raises(ValueError, match="encoding"):
+    with pytest.raises(ValueError, match="ppo.encoding must be one of"):
         learner([(0, 0)], encoding="cell")
 
 
@@ -91,8 +91,9 @@ def test_update_matches_stable_baselines3():
         observation_space = gym.spaces.Box(0, 8, shape=(2,), dtype=np.float32)
         action_space = gym.spaces.Discrete(5)
 
-    streams, cfg = 3, dataclasses.replace(PPOConfig(), n_steps=25, batch_size=75, n_epochs=3, ent_coef=0.01)
-    env, ppo = learner([(3, 5)], streams=streams, cfg=cfg, encoding="raw")
+    streams, cfg = 3, dataclasses.replace(PPOConfig(), n_steps=25, batch_size=75, n_epochs=3, ent_coef=0.01,
+                                          encoding="raw")
+    env, ppo = learner([(3, 5)], streams=streams, cfg=cfg)
     model = sb3.PPO("MlpPolicy", DummyVecEnv([Stub] * streams), n_steps=cfg.n_steps, batch_size=cfg.batch_size,
                     n_epochs=cfg.n_epochs, learning_rate=cfg.lr, gamma=cfg.gamma, gae_lambda=cfg.gae_lambda,
                     clip_range=cfg.clip_range, ent_coef=cfg.ent_coef, vf_coef=cfg.vf_coef,

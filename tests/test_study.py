@@ -66,7 +66,8 @@ def test_rollout_window_and_training_batch_select_the_same(model, history, name)
     B = window.batch
     batch = {"states": history.states[:, t - n:t + 1], "actions": history.actions[:, t - n:t + 1],
              "rewards": history.rewards[:, t - n:t + 1], "next_states": history.next_states[:, t - n:t + 1],
-             "positions": torch.arange(t - n, t + 1).expand(B, n + 1)}
+             "positions": torch.arange(t - n, t + 1).expand(B, n + 1),
+             "episode_return": history.episode_return[:, t - n:t + 1]}
     inputs = Tokens.from_transitions(batch)  # the same transitions as a training sequence
     assert torch.equal(inputs.targets[:, -1], history.actions[:, t])
     out = []

@@ -24,11 +24,14 @@ from adkit.run import Run
 
 def test_transitions_become_tokens_with_shifted_queries_and_targets():
     b = {"states": torch.arange(8).view(1, 4, 2), "actions": torch.tensor([[0, 1, 2, 3]]),
-         "rewards": torch.zeros(1, 4), "next_states": torch.zeros(1, 4, 2), "positions": torch.arange(4)[None]}
+         "rewards": torch.zeros(1, 4), "next_states": torch.zeros(1, 4, 2), "positions": torch.arange(4)[None],
+         "episode_return": torch.tensor([[0.0, 1.0, 1.0, 2.0]])}
     tokens = Tokens.from_transitions(b)
     assert tokens["actions"].tolist() == [[0, 1, 2]] and tokens.targets.tolist() == [[1, 2, 3]]
     assert tokens["queries"].tolist() == b["states"][:, 1:].tolist()  # q_k = s_{k+1}
-    assert sorted(tokens) == sorted(["states", "actions", "rewards", "next_states", "queries", "positions"])
+    assert tokens["episode_return"].tolist() == [[0.0, 1.0, 1.0]]
+    assert sorted(tokens) == sorted(["states", "actions", "rewards", "next_states", "queries", "positions",
+                                     "episode_return"])
 
 
 def test_loss_modes():

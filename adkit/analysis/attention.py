@@ -67,7 +67,8 @@ SOURCES = ("windows", "rollout")
 TOKENS = INPUTS + ("episode", "step", "is_query")
 SAMPLES = ("task", "trajectory", "decision", "next_action", "logits")
 DTYPES = {"states": np.int8, "next_states": np.int8, "queries": np.int8, "actions": np.int8,
-          "rewards": np.float32, "positions": np.int64, "episode": np.int16, "step": np.int16,
+          "rewards": np.float32, "episode_return": np.float32, "positions": np.int64, "episode": np.int16,
+          "step": np.int16,
           "is_query": np.bool_, "task": np.int64, "trajectory": np.int64, "decision": np.int64,
           "next_action": np.int64, "logits": np.float32}
 CHUNK_SAMPLES = 64  # samples per HDF5 chunk of the patterns

@@ -24,6 +24,7 @@ import h5py
 import numpy as np
 import torch
 
+from adkit.data.tokens import returns_so_far
 from adkit.io import atomic_path, open_hdf5
 
 FORMAT = "adkit-histories"
@@ -208,6 +209,9 @@ class WindowSampler:
         sel = np.ix_(self.task_rows, self.streams)
         arrays = {name: np.ascontiguousarray(getattr(h, name)[sel]) for name in ARRAYS}
         self.arrays = stride_episodes(arrays, episode_stride)
+        dones = torch.from_numpy(self.arrays["dones"])
+        starts = torch.cat([torch.ones_like(dones[..., :1]), dones[..., :-1]], -1)  # (tasks, streams, steps)
+        self.arrays["episode_return"] = returns_so_far(torch.from_numpy(self.arrays["rewards"]), starts).numpy()
         n_steps = self.arrays["actions"].shape[2]
         if seq_len > n_steps:
             raise ValueError(f"seq_len {seq_len} is longer than the {n_steps} steps of each stream"
@@ -216,7 +220,8 @@ class WindowSampler:
 
     def sample(self, batch_size: int) -> dict[str, torch.Tensor]:
         """A batch of sequences: ``states``/``next_states`` ``(B, L, 2)``, ``actions`` ``(B, L)``,
-        ``rewards`` ``(B, L)``, ``dones`` ``(B, L)`` and ``positions`` ``(B, L)`` (step in stream)."""
+        ``rewards`` ``(B, L)``, ``dones`` ``(B, L)``, ``episode_return`` ``(B, L)`` (the episode's return
+        so far) and ``positions`` ``(B, L)`` (step in stream)."""
         n_t, n_s, n_steps = self.arrays["actions"].shape
         t = self.rng.integers(0, n_t, batch_size)
         s = self.rng.integers(0, n_s, batch_size)

@@ -19,7 +19,17 @@ from dataclasses import dataclass, fields, replace
 import torch
 from torch import Tensor
 
-INPUTS = ("states", "actions", "rewards", "next_states", "queries", "positions")  # the model's inputs
+INPUTS = ("states", "actions", "rewards", "next_states", "queries", "positions", "episode_return")  # model inputs
+
+
+def returns_so_far(rewards: Tensor, starts: Tensor) -> Tensor:
+    """Return of each step's episode up to and including the step: ``(..., n)``; ``starts`` (bool,
+    ``(..., n)``) marks the first step of each episode (the first step of the array counts as one)."""
+    n = rewards.shape[-1]
+    total = rewards.cumsum(-1)
+    first = torch.where(starts, torch.arange(n, device=rewards.device), 0)
+    first = first.cummax(-1).values  # (..., n): index of the step's episode start
+    return total - (total - rewards).gather(-1, first)
 
 
 def gather_rows(idx: Tensor, t: Tensor) -> Tensor:
@@ -38,6 +48,7 @@ class Tokens(Mapping):
     next_states: Tensor  # (B, L, 2) true position after transition k
     queries: Tensor  # (B, L, 2) state of the decision after token k (s_{k+1})
     positions: Tensor  # (B, L) step of transition k in its stream (rotary position)
+    episode_return: Tensor  # (B, L) return of transition k's episode up to and including it
     targets: Tensor | None = None  # (B, L) action taken at the decision after token k, when known
 
     # ---- mapping over the model inputs ----------------------------------------------------------------
@@ -93,11 +104,11 @@ class Tokens(Mapping):
     @classmethod
     def from_transitions(cls, batch: Mapping[str, Tensor]) -> Tokens:
         """``L + 1`` consecutive transitions per row (``states``, ``actions``, ``rewards``,
-        ``next_states``, ``positions``) -> ``L`` tokens with their action targets."""
+        ``next_states``, ``positions``, ``episode_return``) -> ``L`` tokens with their action targets."""
         return cls(states=batch["states"][:, :-1], actions=batch["actions"][:, :-1],
                    rewards=batch["rewards"][:, :-1], next_states=batch["next_states"][:, :-1],
                    queries=batch["states"][:, 1:], positions=batch["positions"][:, :-1],
-                   targets=batch["actions"][:, 1:].long())
+                   episode_return=batch["episode_return"][:, :-1], targets=batch["actions"][:, 1:].long())
 
     @classmethod
     def cat(cls, parts: list[Tokens]) -> Tokens:

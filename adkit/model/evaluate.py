@@ -49,13 +49,29 @@ class Trajectories:
         self.actions = torch.zeros(n, steps, dtype=torch.long)
         self.rewards = torch.zeros(n, steps)
         self.next_states = torch.zeros(n, steps, 2, dtype=torch.long)
+        self.episode_return = torch.zeros(n, steps)  # the episode's return up to and including each step
+        self.ended = torch.zeros(n, dtype=torch.bool)  # the last recorded step ended its episode
+
+    def add(self, t: int, actions, rewards, next_states, dones) -> None:
+        """Record step ``t``'s transition of every stream (numpy arrays ``(n, ·)``)."""
+        self.actions[:, t], self.rewards[:, t] = torch.from_numpy(actions), torch.from_numpy(rewards)
+        self.next_states[:, t] = torch.from_numpy(next_states)
+        before = self.episode_return[:, t - 1] * ~self.ended if t else 0.0
+        self.episode_return[:, t] = before + self.rewards[:, t]
+        self.ended = torch.from_numpy(np.asarray(dones, bool))
+
+    def token(self, k: int) -> tuple[torch.Tensor, ...]:
+        """The inputs of :meth:`ADTransformer.step` for transition ``k`` of every stream (token ``k``)."""
+        return (self.states[:, k], self.actions[:, k], self.rewards[:, k], self.next_states[:, k],
+                self.states[:, k + 1], self.episode_return[:, k])
 
     def window(self, t: int, size: int) -> Tokens:
         """The context of decision ``t``: tokens of the last ``size`` transitions before it ``(B, L, ·)``."""
         lo = max(0, t - size)
         return Tokens(states=self.states[:, lo:t], actions=self.actions[:, lo:t], rewards=self.rewards[:, lo:t],
                       next_states=self.next_states[:, lo:t], queries=self.states[:, lo + 1:t + 1],
-                      positions=torch.arange(lo, t).expand(self.actions.shape[0], t - lo))
+                      positions=torch.arange(lo, t).expand(self.actions.shape[0], t - lo),
+                      episode_return=self.episode_return[:, lo:t])
 
 
 @dataclass
@@ -113,8 +129,7 @@ class ModelLearner:
         if self.compressor is not None:
             return compressed_logits(self.model, tr.window(t, self.size), self.compressor, self.gen, self.scorer)[0]
         if self.backend == "cache":
-            return self.model.step(self.cache, tr.states[:, t - 1], tr.actions[:, t - 1], tr.rewards[:, t - 1],
-                                   tr.next_states[:, t - 1], tr.states[:, t])
+            return self.model.step(self.cache, *tr.token(t - 1))
         return self.model(**tr.window(t, self.size))[:, -1]
 
     def act(self, obs: np.ndarray, t: int) -> np.ndarray:
@@ -128,9 +143,7 @@ class ModelLearner:
         return torch.multinomial(logits.softmax(-1), 1, generator=self.gen)[:, 0].numpy()
 
     def observe(self, obs, actions, rewards, next_obs, dones, reset_obs, t: int) -> None:
-        tr = self.traj
-        tr.actions[:, t], tr.rewards[:, t] = torch.from_numpy(actions), torch.from_numpy(rewards)
-        tr.next_states[:, t] = torch.from_numpy(next_obs)
+        self.traj.add(t, actions, rewards, next_obs, dones)
 
 
 @torch.no_grad()

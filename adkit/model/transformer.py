@@ -39,6 +39,7 @@ from adkit.model.cache import KVCache
 from adkit.model.hooks import ActivationCache, HookPoint
 
 POSITIONS = ("original", "renumber")
+RETURN_LEVELS = 4  # episode returns so far that model.episode_return tells apart (0, 1, 2, 3 or more)
 
 
 def rope_angles(positions: torch.Tensor, dim: int, base: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -111,16 +112,23 @@ class ADTransformer(nn.Module):
         super().__init__()
         if positions not in POSITIONS:
             raise ValueError(f"positions must be 'original' or 'renumber', got {positions!r}")
+        if cfg.episode_step and positions == "renumber":
+            raise ValueError("model.episode_step reads the step within the episode from the original positions; "
+                             "it cannot be combined with compress.positions='renumber'")
         self.cfg, self.positions = cfg, positions  # positions: how a compressed context is numbered for this model
         s = env_spec(env)
         self.env = s.name  # task family the model reads (fixes state and action vocabularies)
-        self.grid_size, self.n_actions = s.size, s.n_actions
+        self.grid_size, self.n_actions, self.horizon = s.size, s.n_actions, s.horizon
         d = cfg.tf_n_embd
         # a position is embedded as row + column (per role), so "rewarded at row r" transfers to every
         # column: goals never seen in training are reached in context
         self.emb_state, self.emb_next, self.emb_query = (nn.Embedding(2 * s.size, d) for _ in range(3))
         self.emb_action = nn.Embedding(s.n_actions, d)
         self.emb_reward = nn.Linear(1, d)
+        # the step within the episode: which events belong to the episode under way
+        self.emb_step = nn.Embedding(s.horizon, d) if cfg.episode_step else None
+        # the episode's return so far, 0 .. RETURN_LEVELS - 1 (more is clipped): Key-to-Door's key is held at 1
+        self.emb_return = nn.Embedding(RETURN_LEVELS, d) if cfg.episode_return else None
         self.drop = nn.Dropout(cfg.tf_dropout)
         self.hook_embed = HookPoint()
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.tf_n_layer))
@@ -144,18 +152,29 @@ class ADTransformer(nn.Module):
         xy = xy.long()
         return table(xy[..., 0]) + table(xy[..., 1] + self.grid_size)
 
-    def embed(self, states, actions, rewards, next_states, queries) -> torch.Tensor:
-        """Token embeddings (B, L, d) from transitions (B, L, ·) and decision states (B, L, 2)."""
+    def embed(self, states, actions, rewards, next_states, queries, positions=None,
+              episode_return=None) -> torch.Tensor:
+        """Token embeddings (B, L, d) from transitions (B, L, ·) and decision states (B, L, 2); with
+        ``model.episode_step``, also from the transitions' stream positions (B, L); with
+        ``model.episode_return``, from their episodes' returns so far (B, L)."""
         x = (self._pos(self.emb_state, states) + self.emb_action(actions.long())
              + self.emb_reward(rewards.float()[..., None]) + self._pos(self.emb_next, next_states)
              + self._pos(self.emb_query, queries))
+        if self.emb_step is not None:
+            x = x + self.emb_step(positions.long() % self.horizon)
+        if self.emb_return is not None:
+            if episode_return is None:
+                raise ValueError("this model reads each transition's episode return so far (model.episode_return); "
+                                 "pass episode_return (Tokens carry it)")
+            x = x + self.emb_return(episode_return.round().long().clamp(0, RETURN_LEVELS - 1))
         return self.hook_embed(self.drop(x))
 
     def hook_points(self) -> dict[str, HookPoint]:
         return {m.name: m for m in self.modules() if isinstance(m, HookPoint)}
 
     # ---- forward ------------------------------------------------------------------------
-    def forward(self, states, actions, rewards, next_states, queries, positions=None) -> torch.Tensor:
+    def forward(self, states, actions, rewards, next_states, queries, positions=None,
+                episode_return=None) -> torch.Tensor:
         """Action logits (B, L, A) for the decision after each of the L transitions.
 
         ``positions`` (B, L): step of each transition in its stream (rotary positions);
@@ -164,7 +183,7 @@ class ADTransformer(nn.Module):
         B, L = actions.shape
         if positions is None:
             positions = torch.arange(L, device=actions.device).expand(B, L)
-        x = self.embed(states, actions, rewards, next_states, queries)  # (B, L, d)
+        x = self.embed(states, actions, rewards, next_states, queries, positions, episode_return)  # (B, L, d)
         cos, sin = rope_angles(positions, self.cfg.tf_n_embd // self.cfg.tf_n_head, self.cfg.rope_base)
         mask = window_mask(L, L, self.cfg.n_transit, x.device)  # (L, L)
         explicit = self._hooked()
@@ -178,15 +197,16 @@ class ADTransformer(nn.Module):
                        self.head.weight.device)
 
     @torch.no_grad()
-    def step(self, cache: KVCache, states, actions, rewards, next_states, queries) -> torch.Tensor:
+    def step(self, cache: KVCache, states, actions, rewards, next_states, queries,
+             episode_return=None) -> torch.Tensor:
         """One rollout step: append one transition per row (B, ·) and return logits (B, A).
 
         Costs O(n_transit) per layer whatever the history length. The token's rotary
         position is its index in the stream (``cache.length``).
         """
-        x = self.embed(states[:, None], actions[:, None], rewards[:, None], next_states[:, None],
-                       queries[:, None])  # (B, 1, d)
-        pos = torch.full((x.shape[0], 1), cache.length, device=x.device)
+        pos = torch.full((actions.shape[0], 1), cache.length, device=actions.device)  # (B, 1)
+        x = self.embed(states[:, None], actions[:, None], rewards[:, None], next_states[:, None], queries[:, None],
+                       pos, None if episode_return is None else episode_return[:, None])  # (B, 1, d)
         cos, sin = rope_angles(pos, self.cfg.tf_n_embd // self.cfg.tf_n_head, self.cfg.rope_base)
         explicit = self._hooked()
         for layer, block in enumerate(self.blocks):

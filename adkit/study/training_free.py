@@ -182,8 +182,7 @@ def cached_logits(model, traj, steps: list[int]) -> Tensor:
     (stream-major, as the recorded contexts are)."""
     cache, want, out = model.new_cache(traj.actions.shape[0]), set(steps), {}
     for t in range(1, max(steps) + 1):
-        logits = model.step(cache, traj.states[:, t - 1], traj.actions[:, t - 1], traj.rewards[:, t - 1],
-                            traj.next_states[:, t - 1], traj.states[:, t])  # (S, A)
+        logits = model.step(cache, *traj.token(t - 1))  # (S, A)
         if t in want:
             out[t] = logits
     return torch.stack([out[t] for t in steps], 1).flatten(0, 1)  # (S, D, A) -> (S*D, A)

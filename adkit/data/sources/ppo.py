@@ -27,9 +27,9 @@ Two choices:
 * Episode ends are terminal: the value after a ``done`` (here: truncation at
   the horizon) is not bootstrapped, as in the published data, whose Darkroom
   env reports a plain ``done=True`` that SB3 does not treat as a time-out.
-* ``encoding="rowcol"`` (default) feeds a one-hot of the row and one of the
+* ``PPOConfig.encoding="rowcol"`` (default) feeds a one-hot of the row and one of the
   column (``2 * size`` inputs) instead of SB3's raw ``(row, col)`` floats
-  (``encoding="raw"``). Measured at the DICP settings on 9 Darkroom goals x 100
+  (``encoding="raw"``, the ``paper`` profile's). Measured at the DICP settings on 9 Darkroom goals x 100
   streams (optimal 16.1), mean return of episode 10: rowcol 13.4, raw 10.4
   (both ~16.0 by episode 50); a one-hot of the cell gave 13.2 with 1.7x the
   parameters.
@@ -166,14 +166,14 @@ class PPOLearner:
     of the learner signature; PPO's schedule does not use it.
     """
 
-    def __init__(self, env: GridVectorEnv, cfg: PPOConfig, steps: int, seed: int = 0, encoding: str = "rowcol"):
-        if encoding not in ENCODINGS:
-            raise ValueError(f"encoding must be one of {ENCODINGS}, got {encoding!r}")
+    def __init__(self, env: GridVectorEnv, cfg: PPOConfig, steps: int, seed: int = 0):
+        if cfg.encoding not in ENCODINGS:
+            raise ValueError(f"ppo.encoding must be one of {ENCODINGS}, got {cfg.encoding!r}")
         s = env.spec_
-        self.cfg, self.size, self.encoding = cfg, s.size, encoding
+        self.cfg, self.size, self.encoding = cfg, s.size, cfg.encoding
         self.n_tasks, self.streams = env.num_envs // env.streams, env.streams
         self.gen = torch.Generator().manual_seed(seed)
-        sizes = (self.n_tasks, 2 * s.size if encoding == "rowcol" else 2, cfg.hidden, s.n_actions)
+        sizes = (self.n_tasks, 2 * s.size if cfg.encoding == "rowcol" else 2, cfg.hidden, s.n_actions)
         self.flat = torch.zeros(ActorCritic.numel(*sizes))  # every parameter of every task
         self.flat.grad = torch.zeros_like(self.flat)  # read by Adam, written by the nets' backward
         self.nets = ActorCritic(self.flat, self.flat.grad, *sizes, self.gen)
