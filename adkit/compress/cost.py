@@ -25,7 +25,7 @@ from torch.profiler import ProfilerActivity, profile
 from adkit.compress.context import compressed_logits
 from adkit.compress.strategies import Compressor
 from adkit.config import ModelConfig
-from adkit.data.tokens import Tokens
+from adkit.data.tokens import STEP_INPUTS, Tokens
 
 
 @contextlib.contextmanager
@@ -126,7 +126,7 @@ def decision_cost(model, window: Tokens, name: str, compressor: Compressor | Non
     resident = sum(t.numel() * t.element_size() for t in window.values()) / 2**20  # the stored window
     if name == "none":
         cache = model.new_cache(window["actions"].shape[0])
-        fields = [window[k] for k in ("states", "actions", "rewards", "next_states", "queries")]
+        fields = [window[k] for k in STEP_INPUTS]
         for i in range(window["actions"].shape[1] - 1):
             model.step(cache, *(f[:, i] for f in fields))
         resident = sum(t.numel() * t.element_size() for t in cache.k + cache.v) / 2**20  # the cache instead

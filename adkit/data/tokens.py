@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 INPUTS = ("states", "actions", "rewards", "next_states", "queries", "positions", "episode_return")  # model inputs
+STEP_INPUTS = ("states", "actions", "rewards", "next_states", "queries", "episode_return")  # a cache step's, per token
 
 
 def returns_so_far(rewards: Tensor, starts: Tensor) -> Tensor:

@@ -61,7 +61,8 @@ class Trajectories:
         self.ended = torch.from_numpy(np.asarray(dones, bool))
 
     def token(self, k: int) -> tuple[torch.Tensor, ...]:
-        """The inputs of :meth:`ADTransformer.step` for transition ``k`` of every stream (token ``k``)."""
+        """The inputs of :meth:`ADTransformer.step` (:data:`STEP_INPUTS`) for transition ``k`` of every
+        stream (token ``k``)."""
         return (self.states[:, k], self.actions[:, k], self.rewards[:, k], self.next_states[:, k],
                 self.states[:, k + 1], self.episode_return[:, k])
 
