@@ -76,11 +76,11 @@ class ActorCritic:
         self.n = n
         shapes = self.shapes(n, n_in, hidden, n_actions)
         self.p, self.g = views(params, shapes), views(grads, shapes)
-        for net in (slice(0, n), slice(n, 2 * n)):  # SB3's draw order: the policy net, then the value net
-            self.p["w1"][net] = orthogonal(n, n_in, hidden, math.sqrt(2), gen)
-            self.p["w2"][net] = orthogonal(n, hidden, hidden, math.sqrt(2), gen)
-            head = "w_pi" if net.start == 0 else "w_vf"
-            self.p[head].copy_(orthogonal(n, hidden, self.p[head].shape[-1], 0.01 if net.start == 0 else 1.0, gen))
+        for i, (head, gain) in enumerate((("w_pi", 0.01), ("w_vf", 1.0))):  # SB3's order: policy, then value
+            nets = slice(i * n, (i + 1) * n)
+            self.p["w1"][nets] = orthogonal(n, n_in, hidden, math.sqrt(2), gen)
+            self.p["w2"][nets] = orthogonal(n, hidden, hidden, math.sqrt(2), gen)
+            self.p[head].copy_(orthogonal(n, hidden, self.p[head].shape[-1], gain, gen))
 
     @staticmethod
     def shapes(n: int, n_in: int, hidden: int, n_actions: int) -> dict[str, tuple[int, ...]]:
