@@ -65,7 +65,7 @@ def _step_axis(ax, record: AttentionRecord, sample: int, axis: str = "x") -> Non
     for kind, mask in events.items():
         if mask.any():
             ax.plot(np.flatnonzero(mask), np.zeros(mask.sum()), ls="", marker="^", ms=5, color=EVENT_COLOURS[kind],
-                    transform=ax.get_xaxis_transform(), clip_on=False, gid="event", label=kind)
+                    transform=ax.get_xaxis_transform(), clip_on=False, gid="event", label=f"{kind} (mark)")
     for name in axis:
         getattr(ax, f"set_{name}ticks")(ticks, [str(positions[t]) for t in ticks], fontsize=7)
         line = ax.axvline if name == "x" else ax.axhline
@@ -159,7 +159,6 @@ def plot_lines(record: AttentionRecord, sample: int, layer: int, fig=None):
             ax.axvline(T - 1, color="r", ls="--", alpha=0.7, label="query position")
             ax.set_xlabel("context position (stream step)")
             ax.grid(alpha=0.3)
-        left.legend(fontsize=8)
     left, right = fig.axes
     left.lines[0].set_ydata(pattern[-1])
     left.collections[0].set_offsets(np.column_stack([rewarded, pattern[-1, rewarded]]))
@@ -168,6 +167,7 @@ def plot_lines(record: AttentionRecord, sample: int, layer: int, fig=None):
         _step_axis(ax, record, sample)
         ax.relim()
         ax.autoscale_view()
+    left.legend(fontsize=8)  # with this sample's event marks (key, door, reward) under the axis
     fig.suptitle(f"Attention patterns, layer {layer}: {_title(record, sample)}", fontsize=11)
     return fig
 
