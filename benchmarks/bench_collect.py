@@ -35,9 +35,7 @@ import torch
 
 from adkit import envs
 from adkit.config import PPOConfig, from_dict
-from adkit.data.collect import record_in_worker
-from adkit.data.loop import record
-from adkit.data.sources.ppo import PPOLearner
+from adkit.data.collect import record_all
 from adkit.envs.grid import MOVES
 
 PUBLISHED = dict(n_steps=20, batch_size=50, n_epochs=20, learning_rate=3e-4)  # DICP's SB3 PPO settings
@@ -105,21 +103,13 @@ def run_sb3_pool(goals: list, cores: int) -> tuple[float, list[float], np.ndarra
 
 
 def run_adkit(goals: list, cfg: PPOConfig, workers: int) -> tuple[float, np.ndarray]:
-    """Seconds and episode returns ``(goals * STREAMS, episodes)`` of adkit's batched PPO, in ``workers``
-    processes of one thread each (``adkit collect``'s ``collect.workers``), or in this one."""
-    env_cfg = from_dict({"env": {"name": "darkroom"}, "collect": {"source": "ppo", "streams": STREAMS, "steps": STEPS,
+    """Seconds and episode returns ``(goals * STREAMS, episodes)`` of adkit's batched PPO, as ``adkit
+    collect`` runs it: in ``workers`` processes of one thread each (``collect.workers``), or in this one."""
+    run_cfg = from_dict({"env": {"name": "darkroom"}, "collect": {"source": "ppo", "streams": STREAMS, "steps": STEPS,
                                                                   "workers": workers}})
-    env_cfg.collect.ppo = cfg
-    tasks = np.array(goals, dtype=np.int64)
+    run_cfg.collect.ppo = cfg
     t0 = time.perf_counter()
-    if workers > 1:
-        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-            parts = list(pool.map(record_in_worker, [env_cfg] * workers, np.array_split(tasks, workers),
-                                  range(workers), [False] * workers))
-        rewards = np.concatenate([p["rewards"] for p in parts])  # (n_envs, STEPS)
-    else:
-        env = envs.make("darkroom", goals, streams=STREAMS)
-        rewards = record(env, PPOLearner(env, cfg, STEPS, seed=0), STEPS, progress=False)["rewards"]
+    rewards = record_all(run_cfg, np.array(goals, dtype=np.int64), progress=False)["rewards"]  # (n_envs, STEPS)
     seconds = time.perf_counter() - t0
     return seconds, rewards.reshape(len(rewards), -1, HORIZON).sum(-1)  # (n_envs, STEPS) -> (n_envs, episodes)
 

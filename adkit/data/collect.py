@@ -32,18 +32,23 @@ def collect(cfg: Config, progress: bool = True) -> Histories:
     c = cfg.collect
     wanted = {tuple(t) for part in task_split(cfg) for t in part}
     tasks = np.array([t for t in envs.task_list(cfg.env.name) if t in wanted], dtype=np.int64)  # (n_tasks, task_dim)
-    slices = np.array_split(tasks, min(c.workers, len(tasks)))
-    if len(slices) == 1:
-        arrays = record_tasks(cfg, tasks, 0, progress)
-    else:
-        with ProcessPoolExecutor(len(slices), mp_context=multiprocessing.get_context("spawn")) as pool:
-            parts = list(pool.map(record_in_worker, [cfg] * len(slices), slices, range(len(slices)),
-                                  [progress] + [False] * (len(slices) - 1)))  # one progress bar: the first slice's
-        arrays = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
     shape = (len(tasks), c.streams)
-    arrays = {k: v.reshape(shape + v.shape[1:]) for k, v in arrays.items()}  # (n_tasks, n_streams, steps, ...)
+    arrays = {k: v.reshape(shape + v.shape[1:])  # (n_tasks * n_streams, steps, ...) -> (n_tasks, n_streams, ...)
+              for k, v in record_all(cfg, tasks, progress).items()}
     return Histories(env=envs.spec(cfg.env.name).name, source=c.source, tasks=tasks, seed=c.seed,
                      config=dump_config(cfg), **arrays)
+
+
+def record_all(cfg: Config, tasks: np.ndarray, progress: bool = True) -> dict[str, np.ndarray]:
+    """:func:`record` of the source on ``tasks`` x streams (task-major rows), in ``collect.workers``
+    processes at once when it is above 1, each on a slice of the tasks with one torch thread."""
+    slices = np.array_split(tasks, min(cfg.collect.workers, len(tasks)))
+    if len(slices) == 1:
+        return record_tasks(cfg, tasks, 0, progress)
+    with ProcessPoolExecutor(len(slices), mp_context=multiprocessing.get_context("spawn")) as pool:
+        parts = list(pool.map(record_in_worker, [cfg] * len(slices), slices, range(len(slices)),
+                              [progress] + [False] * (len(slices) - 1)))  # one progress bar: the first slice's
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 
 def record_tasks(cfg: Config, tasks: np.ndarray, part: int, progress: bool) -> dict[str, np.ndarray]:
