@@ -73,7 +73,7 @@ def cmd_train(args) -> int:
 def cmd_evaluate(args) -> int:
     from adkit.compress.context import build
     from adkit.model.checkpoint import load
-    from adkit.model.evaluate import rollout, summary
+    from adkit.model.evaluate import rollout, summary, write_summary
     from adkit.plots import plot_curves, save_png
 
     run = _saved_run(args, eval={"episodes": args.episodes, "seeds": args.seeds, "batch_tasks": args.tasks,
@@ -87,14 +87,21 @@ def cmd_evaluate(args) -> int:
         if args.budget is None:
             raise ValueError("--compressor needs --budget (transitions kept)")
         compressor = build(args.compressor, args.budget, model, cfg.env.name)
+    elif args.kv == "evict":
+        raise ValueError("--kv evict needs --compressor and --budget (what the cache keeps)")
     res = rollout(model, cfg.env.name, tasks, seeds=range(cfg.eval.seeds), episodes=cfg.eval.episodes,
-                  greedy=cfg.eval.greedy, compressor=compressor)
+                  greedy=cfg.eval.greedy, compressor=compressor, kv=args.kv)
     out = resolve(args.out) if args.out else run.returns
     res.write_csv(out)
     fig = plot_curves(res, title=f"{cfg.env.name}: in-context return on {len(tasks)} tasks")
     save_png(fig, out.with_suffix(".png"))
-    s = summary(res)
-    print(f"wrote {out} and {out.with_suffix('.png')}")
+    about = write_summary(res, run.eval_summary if out == run.returns else out.with_suffix(".json"),
+                          compressor=args.compressor or "none")
+    s, c = summary(res), res.cost
+    print(f"wrote {out}, {out.with_suffix('.png')} and {about}")
+    print(f"decision ({c.mode}{'' if c.budget is None else f', {c.budget} kept'}): {c.decision_ms:.2f} ms "
+          f"median for {c.streams} streams at {c.threads} threads, peak {c.peak_mb:.1f} MB, "
+          f"{c.flops_per_decision / 1e6:.2f} MFLOP per stream")
     print(f"first episode {s['first_episode']:.2f}, last 10 episodes {s['last_mean']:.2f} "
           f"of optimal {s['optimal_mean']:.2f} ({100 * s['last_share']:.0f}%), "
           f"80% of optimal reached at episode {s['episodes_to_80pct']}; first reward at episode "
@@ -109,10 +116,10 @@ def cmd_study(args) -> int:
     run = _saved_run(args, study={"seeds": args.seeds, "episodes": args.episodes, "steps": args.steps,
                                   "workers": args.workers, "executor": args.executor, "address": args.address})
     if args.mode == "training-free":
-        df = training_free.training_free_study(run, args.compressors, args.budgets)
-        md, png = training_free.write_outputs(df, run.study)
+        df = training_free.training_free_study(run, args.compressors, args.budgets, kvs=args.kv)
+        md, png, cost = training_free.write_outputs(df, run.study)
         print(training_free.markdown_summary(df))
-        print(f"wrote {md} and {png}")
+        print(f"wrote {md}, {png} and {cost}")
         return 0
     try:
         df = retrained.compression_study(run, args.compressors, args.budgets)
@@ -207,6 +214,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--greedy", action="store_true", help="argmax actions instead of sampling")
     s.add_argument("--compressor", default=None, help="compress the context with this strategy")
     s.add_argument("--budget", type=int, default=None, help="transitions kept by the compressor")
+    s.add_argument("--kv", choices=["reencode", "evict"], default="reencode",
+                   help="with --compressor: re-encode the kept transitions at every decision, or keep an evicting "
+                        "key/value cache of --budget transitions (O(budget) per decision)")
     s.add_argument("--out", default=None, help="CSV path (default: RUN/eval/returns.csv)")
 
     s = command("study", "compression study (resumable): RUN/study/", cmd_study)
@@ -216,6 +226,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "training-free: only the unchanged model, every strategy (training_free.csv)")
     s.add_argument("--compressors", nargs="+", default=None,
                    help="registry names (default: study.retrain_compressors; training-free: study.compressors)")
+    s.add_argument("--kv", nargs="+", choices=["reencode", "evict"], default=None,
+                   help="how compressed contexts are kept (default: study.kv, both)")
     s.add_argument("--budgets", type=int, nargs="+", default=None,
                    help="transitions kept (default: study.retrain_budgets / study.budgets, fractions of n_transit)")
     s.add_argument("--seeds", type=int, default=None, help="training and evaluation seeds (default: study.seeds)")

@@ -134,8 +134,12 @@ class CompressConfig:
 
     strategy: str = "none"  # retrain on windows compressed by this adkit.compress strategy ("none": full windows)
     budget: int = 0  # earlier transitions each compressed window keeps (1 .. n_transit - 1, with a strategy)
-    batch: int = 0  # compressed windows per training step; 0: train.batch_size (each gives budget + 1 targets)
+    batch: int = 0  # re-encoded compressed windows per step; 0: train.batch_size (each gives budget + 1 targets)
     positions: str = "original"  # positions of a compressed context: "original" offsets or "renumber" 0..K
+    # how a compressed context is kept, in training as in rollouts: "reencode" trains on compressed windows (the
+    # kept transitions re-encoded); "evict" trains on whole windows where each query attends to what an evicting
+    # key/value cache of `budget` transitions would hold (adkit.compress.evict.keep_mask), every position a target
+    kv: str = "reencode"
 
 
 @dataclass
@@ -172,6 +176,7 @@ class StudyConfig:
     episodes: int = 0  # in-context episodes per rollout; 0: eval.episodes
     steps: int = 0  # training steps of every retrained model; 0: train.steps
     decisions: int = 16  # recorded decisions per stream for agreement and KL (training-free)
+    kv: list[str] = field(default_factory=lambda: ["reencode", "evict"])  # compressed contexts kept as (compress.kv)
     workers: int = 1  # retrained cells trained at once on this machine (executor local), one process each
     executor: str = "local"  # where retrained cells run: "local" (this machine) or "ray" (pip install adkit[cluster])
     address: str = ""  # Ray cluster address with executor "ray" (e.g. "ray://head:10001"); empty: a local Ray instance

@@ -12,6 +12,7 @@ Layout of a run directory::
     tensorboard/                       the same as TensorBoard event files (train.tensorboard)
     replicas.json                      parameter checksums of each process (under torchrun)
     eval/returns.csv, returns.png      in-context returns on held-out tasks (adkit evaluate)
+    eval/summary.json                  returns and what a decision cost (ms, peak MB, FLOPs)
     eval/seeds.csv, returns_seeds.png  the same over training seeds (notebook 01)
     seeds/seed{S}/                     runs of the other training seeds
     attention/attention.h5             attention patterns (adkit attention)
@@ -127,15 +128,16 @@ class Run:
         cfg = replace(self.cfg, train=replace(self.cfg.train, seed=seed, extra_seeds=[]))
         return replace(self, dir=self.dir / "seeds" / f"seed{seed}", cfg=cfg)
 
-    def cell(self, name: str, budget: int, seed: int) -> Path:
-        """The run directory of one retrained cell of the study."""
-        return self.study / "retrained" / f"{name}-b{budget}-s{seed}"
+    def cell(self, name: str, budget: int, seed: int, kv: str = "reencode") -> Path:
+        """The run directory of one retrained cell of the study (``-evict``: trained for an evicting cache)."""
+        return self.study / "retrained" / f"{name}-b{budget}-s{seed}{'-evict' if kv == 'evict' else ''}"
 
 
 FILES = {  # Run attribute -> its path inside the run directory (the layout in the module doc)
     "config_file": "config.yaml", "weights": "model.safetensors", "model_json": "model.json",
     "train_state": "train_state.safetensors", "train_state_json": "train_state.json", "train_log": "train_log.csv",
     "tensorboard": "tensorboard", "returns": "eval/returns.csv", "returns_figure": "eval/returns.png",
+    "eval_summary": "eval/summary.json",
     "seeds_table": "eval/seeds.csv", "seeds_figure": "eval/returns_seeds.png", "attention": "attention/attention.h5",
     "insights": "attention/insights.json", "figs": "figs", "study": "study", "notebooks": "notebooks",
 }

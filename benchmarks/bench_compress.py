@@ -48,14 +48,15 @@ def main() -> None:
     t0 = time.perf_counter()
     df = training_free_study(run, args.compressors or study_compressors(), args.budgets, range(args.seeds),
                              out=out / TABLE)
-    md, png = write_outputs(df, out)
+    md, png, cost = write_outputs(df, out)
     print(markdown_summary(df))
     s = summary_table(df)
     for value, what in (("decision_ms", "ms"), ("peak_mem_mb", "peak MB")):
-        table = s.pivot(index="compressor", columns="budget", values=value).sort_index(axis=1, ascending=False)
+        table = s.pivot_table(index=["compressor", "kv"], columns="budget", values=value)
+        table = table.sort_index(axis=1, ascending=False)
         print(f"\none decision for all streams of a cell, {what} (compressor x budget; none/full at n_transit):")
         print(table.round(3).to_string(na_rep=""))
-    print(f"\n{len(df)} cells in {out / TABLE} ({time.perf_counter() - t0:.0f} s this call); {md}, {png}")
+    print(f"\n{len(df)} cells in {out / TABLE} ({time.perf_counter() - t0:.0f} s this call); {md}, {png}, {cost}")
 
 
 if __name__ == "__main__":

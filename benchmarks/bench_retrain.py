@@ -55,7 +55,7 @@ def main() -> None:
                     continue
                 windows = cfg.train.batch_size * seq_len // (budget + 1)
                 print(f"{name} @ {budget}, seed {seed}: {windows} windows per step", flush=True)
-                row = run_cell(run, name, budget, seed, steps, episodes, {},
+                row = run_cell(run, name, budget, seed, "reencode", steps, episodes, {},
                                compress_kw={"batch": windows}, root=run.study / "equal-targets")
                 rows.append(row)
                 write_table(pd.DataFrame(rows, columns=COLUMNS), out, COLUMNS)

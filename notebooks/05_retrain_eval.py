@@ -78,7 +78,8 @@ if strategy:
     budget = int(df.loc[(df["compressor"] == strategy) & (df["mode"] == "retrained"), "budget"].min())
     display(plot_attention_shift(attention_shift(run, name, budget)))
 else:
-    name, budget = best_cell(df)
+    name, budget, kv = best_cell(df)
+    name = f"{name} evict" if kv == "evict" else name  # how the per-episode curves name it
     display(Image(str(run.study / "attention_compressed.png")))
 
 # %% [markdown]

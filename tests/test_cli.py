@@ -1,5 +1,6 @@
 """The command line end to end on the tiny profile, and its error messages."""
 
+import json
 import shutil
 import subprocess
 import sys
@@ -30,6 +31,21 @@ def test_collect_train_evaluate_doctor(in_tmp, capsys):
     assert "last 10 episodes" in out
     df = pd.read_csv("runs/tiny/eval/returns.csv")
     assert len(df) == 8 * 2 * 3 and Path("runs/tiny/eval/returns.png").exists()
+    full = json.loads(Path("runs/tiny/eval/summary.json").read_text())
+    assert full["mode"] == "full cache" and full["compressor"] == "none" and full["budget"] is None
+    assert full["decision_ms"] > 0 and full["peak_mb"] > 0 and 0 <= full["last_share"]
+    args = ["evaluate", "--run-dir", "runs/tiny", "--episodes", "3", "--seeds", "2",
+            "--compressor", "h2o", "--budget", "4"]
+    for kv in ("reencode", "evict"):
+        assert main([*args, "--kv", kv, "--out", f"runs/tiny/eval/h2o-{kv}.csv"]) == 0
+    cost = {kv: json.loads(Path(f"runs/tiny/eval/h2o-{kv}.json").read_text()) for kv in ("reencode", "evict")}
+    assert [cost[kv]["mode"] for kv in cost] == ["reencode", "evict"]
+    # h2o re-encoding scores the whole window first; the evicting cache attends to its 5 slots only
+    assert cost["evict"]["flops_per_decision"] < full["flops_per_decision"] < cost["reencode"]["flops_per_decision"]
+    assert main([*args[:-4], "--kv", "evict"]) == 2
+    assert "--kv evict needs --compressor" in capsys.readouterr().err
+    assert main([*args[:-2], "--budget", "999", "--kv", "evict"]) == 2
+    assert "keeps 1.." in capsys.readouterr().err
     assert main(["doctor", "-c", "tiny"]) == 0
 
 

@@ -12,7 +12,7 @@ from adkit.compress.context import compress_tokens, compress_window
 from adkit.config import load_config
 from adkit.data.collect import load_for
 from adkit.data.histories import save as save_histories
-from adkit.data.tokens import Tokens
+from adkit.data.tokens import STEP_INPUTS, Tokens
 from adkit.model import load
 from adkit.model.train import Trainer, samplers, train
 from adkit.run import Run
@@ -56,13 +56,32 @@ def test_a_compressed_training_window_keeps_each_kept_tokens_own_target(tiny_cfg
 def test_trainer_trains_on_windows_of_budget_plus_one_tokens(tmp_path, tiny_hist):
     cfg = load_config("tiny", {"compress": {"strategy": "recency", "budget": 5}, "train": {"steps": 3}})
     trainer = Trainer(Run.create(cfg, tmp_path / "run"), tiny_hist, progress=False)
-    tokens = trainer.batch(trainer.train_sampler)
+    tokens, keep = trainer.batch(trainer.train_sampler)
+    assert keep is None
     assert tokens["actions"].shape == (cfg.train.batch_size, 6) and tokens.targets.shape == (cfg.train.batch_size, 6)
     steps = tokens["positions"]
     assert (steps[:, 1:] - steps[:, :-1] == 1).all()  # recency keeps the most recent, consecutive
     more = load_config("tiny", {"compress": {"strategy": "recency", "budget": 5, "batch": 13}})
     trainer = Trainer(Run.create(more, tmp_path / "more"), tiny_hist, progress=False)
-    assert trainer.batch(trainer.train_sampler).targets.shape == (13, 6)  # windows per step, when set
+    assert trainer.batch(trainer.train_sampler)[0].targets.shape == (13, 6)  # windows per step, when set
+
+
+def test_evicting_training_masks_whole_windows_as_the_cache_would(tmp_path, tiny_hist):
+    """compress.kv: evict keeps the whole window (every position a target) and masks each query to the
+    evicting cache's keep set; the model trained this way gets the evicting cache's logits."""
+    cfg = load_config("tiny", {"compress": {"strategy": "reward-recent", "budget": 5, "kv": "evict"},
+                               "train": {"steps": 2}})
+    trainer = Trainer(Run.create(cfg, tmp_path / "run"), tiny_hist, progress=False)
+    tokens, keep = trainer.batch(trainer.train_sampler)
+    L = cfg.train.seq_len or 2 * cfg.model.n_transit
+    assert tokens.targets.shape == (cfg.train.batch_size, L) and keep.shape == (cfg.train.batch_size, L, L)
+    assert keep.sum(-1).max() == 6 and keep.diagonal(dim1=1, dim2=2).all()  # K cached + the query's own token
+    model = trainer.model.eval()
+    cache = model.new_evicting_cache(tokens.batch, make("reward-recent", 5))
+    rolled = torch.stack([model.step(cache, *(tokens[k][:, p] for k in STEP_INPUTS)) for p in range(L)], 1)
+    torch.testing.assert_close(model(**tokens, keep=keep), rolled, atol=1e-5, rtol=0)
+    trainer.fit()
+    assert trainer.step == 2
 
 
 @pytest.mark.parametrize("compress_cfg, message", [
@@ -70,6 +89,8 @@ def test_trainer_trains_on_windows_of_budget_plus_one_tokens(tmp_path, tiny_hist
     ({"strategy": "recency", "budget": 0}, r"compress.budget must be 1..19"),
     ({"strategy": "recency", "budget": 20}, r"compress.budget must be 1..19"),
     ({"strategy": "oracle", "budget": 5}, "cannot compress training windows"),
+    ({"strategy": "threshold", "budget": 5, "kv": "evict"}, "no evicting-cache form"),
+    ({"strategy": "recency", "budget": 5, "kv": "cache"}, "compress.kv must be 'reencode' or 'evict'"),
 ])
 def test_trainer_refuses_bad_compression_settings(tmp_path, tiny_hist, compress_cfg, message):
     with pytest.raises(ValueError, match=message):
@@ -90,8 +111,9 @@ def test_compressed_training_resumes_exactly(tmp_path, tiny_hist):
 @pytest.mark.slow
 def test_study_table_has_every_cell_and_column_and_no_empty_value(run, table):
     assert list(table.columns) == retrained.COLUMNS
-    cells = set(zip(table["compressor"], table["budget"], table["seed"]))
-    assert cells == {("none", 20, 0)} | {(c, b, 0) for c in ("recency", "attention") for b in BUDGETS}
+    cells = set(zip(table["compressor"], table["budget"], table["seed"], table["kv"]))
+    assert cells == {("none", 20, 0, "cache")} | {(c, b, 0, kv) for c in ("recency", "attention") for b in BUDGETS
+                                                   for kv in ("reencode", "evict")}
     assert not table.isna().any().any()
     assert (table["mode"] == "retrained").all() and (table["train_steps"] == 4).all()
     assert (table["full_return"] == table.loc[table["compressor"] == "none", "return"].iloc[0]).all()
@@ -100,6 +122,11 @@ def test_study_table_has_every_cell_and_column_and_no_empty_value(run, table):
     assert len(per_episode) == 2 * len(per_episode["task"].unique())  # 2 episodes x 1 stream per task
     cell = Run.open(run.cell("recency", 3, 0))
     assert (cell.cfg.compress.strategy, cell.cfg.compress.budget, cell.cfg.train.steps) == ("recency", 3, 4)
+    evict = Run.open(run.cell("recency", 3, 0, "evict"))  # trained under the evicting cache's keep masks
+    assert (evict.cfg.compress.kv, evict.cfg.compress.budget) == ("evict", 3)
+    by_kv = table[table["compressor"] == "attention"].set_index(["budget", "kv"])["flops"]
+    for b in BUDGETS:  # an evicting step neither re-encodes the kept tokens nor runs a scoring pass
+        assert by_kv[b, "evict"] < by_kv[b, "reencode"]
 
 
 @pytest.mark.slow
@@ -158,8 +185,8 @@ def test_results_join_both_modes_and_count_attention_work(run, table):
     md = retrained.markdown_summary(both)
     assert "| compressor | budget | mode |" in md and "training-free" in md
     assert any(line.startswith("budget 6 of 20: best retrained") for line in retrained.headline(both, run))
-    name, budget = retrained.best_cell(both)
-    assert budget == 3 and name in ("recency", "attention")
+    name, budget, kv = retrained.best_cell(both)
+    assert budget == 3 and name in ("recency", "attention") and kv in ("reencode", "evict")
     paths = retrained.write_outputs(both, run)
     assert [p.name for p in paths] == ["results.md", "return_vs_budget_modes.png", "pareto.png",
                                        "attention_compressed.png"]
@@ -178,7 +205,8 @@ def test_curve_explorer_redraws_the_chosen_cell(run, table):
     from adkit.study.figures import curve_explorer
 
     curves = retrained.episode_curves(run, table)
-    assert set(curves) == {("none", 20)} | {(c, b) for c in ("recency", "attention") for b in BUDGETS}
+    assert set(curves) == {("none", 20)} | {(c + kv, b) for c in ("recency", "attention") for b in BUDGETS
+                                            for kv in ("", " evict")}
     assert curves["recency", 3].shape == (1, 2)  # (seeds, episodes)
     box, draw = curve_explorer(curves, optimal=1.0, name="recency", budget=3)
     assert draw.figure.axes[0].get_title().startswith("recency @ 3")

@@ -20,7 +20,8 @@ from adkit.study.keeps import keep_view
 
 N_TRANSIT = 12
 SWEEP = dict(compressors=["recency", "h2o", "random", "oracle"], budgets=(6, 3), seeds=(0, 1),
-             reduced={"oracle": study.Protocol(tasks=2, episodes=1, contexts=4, seeds=1)}, progress=False)
+             reduced={"oracle": study.Protocol(tasks=2, episodes=1, contexts=4, seeds=1)}, progress=False,
+             kvs=("reencode",))
 
 
 @pytest.fixture(scope="module")
@@ -102,7 +103,8 @@ def test_needs_attention_exactly_when_selection_without_attention_raises(model, 
 def test_study_writes_every_cell_with_every_column_filled(run_dir, table):
     assert list(table.columns) == study.COLUMNS
     assert not table.isna().any().any() and not (table.astype(str) == "").any().any()
-    cells = {(c, b, s) for c, b, s in table[study.KEY].itertuples(index=False)}
+    cells = {(c, b, s) for c, b, kv, s in table[study.KEY].itertuples(index=False)}
+    assert set(table["kv"]) == {"cache", "recompute", "reencode"}  # this sweep re-encodes only
     want = {(c, N_TRANSIT, s) for c in study.BASELINES for s in (0, 1)}
     want |= {(c, b, s) for c in ("recency", "h2o", "random") for b in (6, 3) for s in (0, 1)}
     want |= {("oracle", b, 0) for b in (6, 3)}  # its reduced protocol runs the first seed only
@@ -158,7 +160,7 @@ def test_interrupted_sweep_keeps_finished_rows(run_dir, tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         study.training_free_study(run_dir, **sweep, out=out)
     kept = pd.read_csv(out)
-    assert len(kept) == 2 and [tuple(r) for r in kept[study.KEY].itertuples(index=False)] == [
+    assert len(kept) == 2 and [tuple(r) for r in kept[["compressor", "budget", "seed"]].itertuples(index=False)] == [
         (c, b, s) for c, b, s in calls[:2]]
     calls.clear()
     monkeypatch.setattr(study, "run_cell", lambda *a, **k: calls.append(a[4:7]) or real(*a, **k))
@@ -181,10 +183,36 @@ def test_summary_markdown_and_figure(run_dir, table, tmp_path):
     assert list(s["compressor"][:2]) == ["none", "full"]
     assert set(zip(s["compressor"], s["budget"])) == set(zip(table["compressor"], table["budget"]))
     assert (s.loc[s["compressor"] == "oracle", "seeds"] == 1).all()
-    md, png = study.write_outputs(table, tmp_path)
+    md, png, cost = study.write_outputs(table, tmp_path)
     text = md.read_text()
-    assert "| compressor | budget |" in text and "oracle" in text and "2 tasks x 1 ep" in text
-    assert png.stat().st_size > 10_000
+    assert "| compressor | budget | kv |" in text and "oracle" in text and "2 tasks x 1 ep" in text
+    assert png.stat().st_size > 10_000 and cost.stat().st_size > 10_000
+
+
+def test_evicting_cells_sit_beside_re_encoded_ones(run_dir, tmp_path):
+    """``kv`` is a dimension of the table: evicting cells for strategies that have an eviction form,
+    their agreement read from the evicting cache stepped through the reference's streams; a cache
+    that keeps the whole window is the full context (agreement 1, the same return)."""
+    out = tmp_path / "kv.csv"
+    df = study.training_free_study(run_dir, ["recency", "h2o", "threshold"], (N_TRANSIT - 1, 3), (0,),
+                                   progress=False, out=out, kvs=("reencode", "evict"))
+    cells = set(zip(df["compressor"], df["budget"], df["kv"]))
+    assert ("threshold", 3, "reencode") in cells and ("threshold", 3, "evict") not in cells  # no eviction form
+    assert {("none", N_TRANSIT, "cache"), ("full", N_TRANSIT, "recompute"), ("h2o", 3, "evict")} <= cells
+    evict = df[df["kv"] == "evict"].set_index(["compressor", "budget"])
+    assert (evict["context_tokens"] == evict.index.get_level_values("budget") + 1).all()
+    whole = evict.loc[("recency", N_TRANSIT - 1)]
+    assert whole["agreement"] == 1 and whole["kl"] < 1e-9 and whole["return"] == whole["full_return"]
+    s = study.summary_table(df)
+    assert len(s) == len(df)  # one seed: one row per compressor x budget x kv
+
+
+def test_a_table_from_before_the_kv_column_is_upgraded(run_dir, tmp_path):
+    out = tmp_path / "old.csv"
+    study.training_free_study(run_dir, ["recency"], (3,), (0,), progress=False, out=out, kvs=("reencode",))
+    pd.read_csv(out).drop(columns="kv").to_csv(out, index=False)
+    df = study.training_free_study(run_dir, ["recency"], (3,), (0,), progress=False, out=out, kvs=("reencode",))
+    assert list(df["kv"]) == ["cache", "recompute", "reencode"] and len(df) == 3  # nothing recomputed
 
 
 # ---- cost --------------------------------------------------------------------------------------------

@@ -3,6 +3,8 @@ model contexts, and what a decision costs.
 
 * :mod:`adkit.compress.strategies`: the compressors (the original toolkit's six and more);
 * :mod:`adkit.compress.context`: compressing a model context or training window the same way;
+* :mod:`adkit.compress.evict`: what an evicting key/value cache of K entries holds, decision by
+  decision, and the per-query keep mask that trains a model the way that cache uses it;
 * :mod:`adkit.compress.cost`: wall-clock, peak memory and FLOPs of a decision.
 
 >>> from adkit.compress import RecencyCompressor, make

@@ -100,39 +100,48 @@ def forward_flops(cfg: ModelConfig, tokens: int, keys: int, n_actions: int) -> i
     return tokens * per_token + L * 4 * d * tokens * keys
 
 
-def decision_flops(cfg: ModelConfig, n_actions: int, kept: int | None = None, scored: bool = False) -> int:
+def decision_flops(cfg: ModelConfig, n_actions: int, kept: int | None = None, scored: bool = False,
+                   evict: bool = False) -> int:
     """FLOPs of one whole decision: ``kept`` None is a step of the rolling cache (one token over its
-    ``n_transit`` slots); otherwise the ``kept + 1`` tokens of a compressed context re-encoded, plus,
-    when the strategy is ``scored`` by attention, the full window's scoring pass."""
+    ``n_transit`` slots); ``evict``, a step of an evicting cache (one token over ``kept + 1`` slots; its
+    scores are the attention the step computes anyway); otherwise the ``kept + 1`` tokens of a
+    compressed context re-encoded, plus, when the strategy is ``scored`` by attention, the full
+    window's scoring pass."""
     n = cfg.n_transit
     if kept is None:
         return forward_flops(cfg, 1, n, n_actions)
+    if evict:
+        return forward_flops(cfg, 1, kept + 1, n_actions)
     scoring = forward_flops(cfg, n, n, n_actions) if scored else 0
     return forward_flops(cfg, kept + 1, kept + 1, n_actions) + scoring
 
 
 @torch.no_grad()
 def decision_cost(model, window: Tokens, name: str, compressor: Compressor | None = None,
-                  generator: torch.Generator | None = None, scorer=None) -> tuple[float, float]:
+                  generator: torch.Generator | None = None, scorer=None, kv: str = "reencode",
+                  **timing) -> tuple[float, float]:
     """``(ms, peak MB)`` of one decision for every row of ``window`` (B, n_transit, ·).
 
     ``name`` ``"none"``: a step of the rolling key/value cache, filled with the first
     ``n_transit - 1`` transitions beforehand; ``"full"``: the whole window re-encoded;
-    otherwise ``compressor``'s decision (:func:`compressed_logits`: attention pass of
-    ``scorer``, default ``model``, if needed, selection, re-encoding). Peak MB counts the same
-    two things for every mode: what persists between decisions (the key/value cache, or the
-    window of transitions a re-encoding decision reads) and the transient activations.
+    otherwise ``compressor``'s decision: with ``kv="evict"`` a step of an evicting cache filled
+    the same way, else :func:`compressed_logits` (attention pass of ``scorer``, default ``model``,
+    if needed, selection, re-encoding). Peak MB counts the same two things for every mode: what
+    persists between decisions (the key/value cache, or the window of transitions a re-encoding
+    decision reads) and the transient activations. ``timing`` goes to :func:`time_ms`.
     """
     resident = sum(t.numel() * t.element_size() for t in window.values()) / 2**20  # the stored window
-    if name == "none":
-        cache = model.new_cache(window["actions"].shape[0])
+    if name == "none" or kv == "evict":
+        batch = window["actions"].shape[0]
+        cache = model.new_cache(batch) if name == "none" else model.new_evicting_cache(batch, compressor,
+                                                                                        generator=generator)
         fields = [window[k] for k in STEP_INPUTS]
         for i in range(window["actions"].shape[1] - 1):
             model.step(cache, *(f[:, i] for f in fields))
-        resident = sum(t.numel() * t.element_size() for t in cache.k + cache.v) / 2**20  # the cache instead
+        resident = cache.nbytes() / 2**20  # the cache instead
         fn = lambda: model.step(cache, *(f[:, -1] for f in fields))  # noqa: E731
     elif name == "full":
         fn = lambda: model(**window)[:, -1]  # noqa: E731
     else:
         fn = lambda: compressed_logits(model, window, compressor, generator, scorer)  # noqa: E731
-    return time_ms(fn), resident + peak_allocated_mb(fn)
+    return time_ms(fn, **timing), resident + peak_allocated_mb(fn)

@@ -191,6 +191,7 @@ class Compressor:
 
     aliases: ClassVar[tuple[str, ...]] = ()  # the original constructor names of ``budget``
     needs_attention: ClassVar[bool] = False  # whether ``select`` must be given attention
+    evict_attention: ClassVar[str] = "current"  # what an evicting cache scores with (adkit.compress.evict.STATS)
     budget: int
 
     def __post_init__(self):
@@ -217,6 +218,11 @@ class Compressor:
     def score(self, h: Transitions, k: int) -> Tensor:
         """``(B, n)`` scores; the k highest of each row are kept."""
         raise NotImplementedError
+
+    def evict_score(self, h: Transitions, k: int) -> Tensor:
+        """``(B, k + 1)`` scores of an evicting cache's entries (chronological, the newest last, not
+        evenly spaced); the lowest of each row is evicted (:mod:`adkit.compress.evict`). Default: :meth:`score`."""
+        return self.score(h, k)
 
     def select(self, states, actions, rewards, next_states, attention=None, *,
                positions=None, generator=None, context: Tokens | None = None) -> Tensor:
@@ -274,6 +280,13 @@ class UniformCompressor(Compressor):
 
     def score(self, h, k):
         return uniform_scores(h, k)
+
+    def evict_score(self, h, k):
+        """Uniform stride as eviction: the entry whose removal leaves the smallest gap between its
+        neighbours goes; the oldest and the newest stay."""
+        gap = torch.full_like(h.reward, math.inf)  # (B, n)
+        gap[:, 1:-1] = (h.positions[:, 2:] - h.positions[:, :-2]).float()
+        return gap
 
 
 @strategy("target_length")
@@ -377,7 +390,7 @@ class ExponentialDecayCompressor(Compressor):
         _check(self.decay_rate > 0, f"decay_rate must be > 0, got {self.decay_rate!r}")
 
     def score(self, h, k):
-        age = h.n - 1 - h.index()
+        age = h.positions[:, -1:] - h.positions  # (B, n) steps before the newest
         return -self.decay_rate * age + gumbel_scores(h, self.seed)
 
 
@@ -407,6 +420,7 @@ class HeavyHitterCompressor(Compressor):
     budget: int
     recent_ratio: float = 0.5
     needs_attention = True
+    evict_attention = "accumulated"
 
     def __post_init__(self):
         super().__post_init__()
@@ -422,12 +436,14 @@ class SnapKVCompressor(Compressor):
     """SnapKV: mean attention from the last ``window`` query rows of the pattern,
     max-pooled along keys (odd kernel ``pool``), top-K. The transitions inside the
     observation window (the last ``window - 1``; the last row is the query) are
-    always kept (the most recent of them if they exceed K). Needs a pattern."""
+    always kept (the most recent of them if they exceed K). Needs a pattern (an evicting
+    cache gives it the mean attention of its last ``window`` decisions as scores instead)."""
 
     budget: int
     window: int = 8
     pool: int = 3
     needs_attention = True
+    evict_attention = "window"
 
     def __post_init__(self):
         super().__post_init__()
@@ -435,7 +451,13 @@ class SnapKVCompressor(Compressor):
         _check(_count(self.pool, "pool") % 2 == 1, f"pool must be odd, got {self.pool}")
 
     def score(self, h, k):
-        obs = h.need_pattern()[:, -self.window:, :h.n].mean(1)  # (B, n)
+        return self._pooled(h, h.need_pattern()[:, -self.window:, :h.n].mean(1))  # (B, n)
+
+    def evict_score(self, h, k):
+        return self._pooled(h, h.need_scores())  # the cache's mean over its last ``window`` decisions
+
+    def _pooled(self, h: Transitions, obs: Tensor) -> Tensor:
+        """``(B, n)`` observation-window attention -> max-pooled scores, the window's own transitions first."""
         pooled = F.max_pool1d(obs[:, None], self.pool, stride=1, padding=self.pool // 2)[:, 0]  # (B, 1, n) -> (B, n)
         return pooled.masked_fill(h.index() >= h.n - (self.window - 1), math.inf)
 
@@ -547,13 +569,16 @@ class ProfileCompressor(Compressor):
         super().__post_init__()
         self.size = None if self.size is None else _count(self.size, "size", low=0)
         self.inner = rule_compressor(self.budget, self.rule, self.size)
-        self.needs_attention = self.inner.needs_attention
+        self.needs_attention, self.evict_attention = self.inner.needs_attention, self.inner.evict_attention
 
     def keep_count(self, h):
         return self.inner.keep_count(h)
 
     def score(self, h, k):
         return self.inner.score(h, k)
+
+    def evict_score(self, h, k):
+        return self.inner.evict_score(h, k)
 
     @classmethod
     def from_profile(cls, records, budget: int) -> ProfileCompressor:
@@ -576,6 +601,11 @@ COMPRESSORS: dict[str, type[Compressor]] = {
     "best-episode": BestEpisodeCompressor, "profile": ProfileCompressor, "random": RandomCompressor,
     "oracle": OracleCompressor,
 }
+
+
+def name_of(compressor: Compressor) -> str:
+    """The registry name of ``compressor``'s strategy (``none`` for the no-compression baseline)."""
+    return next(name for name, cls in COMPRESSORS.items() if type(compressor) is cls)
 
 
 def make(name: str, budget: int, **kw) -> Compressor:
@@ -624,5 +654,6 @@ def demo(n: int = 50, budget: int = 10, batch: int = 4, n_actions: int = 5, seed
             print(f"  kept of row 0: {c.select(*tensors, attention=pattern)[0].tolist()}")
 
 
-__all__ = ["COMPRESSORS", "RULES", "Compressor", "Transitions", "gather", "keep_top", "make", "demo", "rule_compressor",
+__all__ = ["COMPRESSORS", "RULES", "Compressor", "Transitions", "gather", "keep_top", "make", "name_of", "demo",
+           "rule_compressor",
            *(c.__name__ for c in dict.fromkeys(COMPRESSORS.values()))]

@@ -1,8 +1,20 @@
-"""The rolling key/value cache a rollout steps with: O(n_transit) per decision whatever the history length."""
+"""Key/value caches a rollout steps with.
+
+* :class:`KVCache`: the rolling cache of the last ``n_transit`` tokens, O(n_transit) per
+  decision whatever the history length (the model's full context).
+* :class:`EvictingCache`: at most K transitions per layer, evicted by a compression strategy
+  (:mod:`adkit.compress.evict`), O(K) per decision.
+
+Both take a decision's token in three calls from :meth:`ADTransformer.step`: ``add`` (its
+transition), ``update`` per layer (its key and value; returns what the query attends to),
+``advance`` (the decision is over).
+"""
 
 from __future__ import annotations
 
 import torch
+
+from adkit.compress.evict import Evictor
 
 
 class KVCache:
@@ -12,11 +24,16 @@ class KVCache:
     softmax is order-free, so the slot order never matters.
     """
 
+    wants_attention = False  # nothing here is scored
+
     def __init__(self, n_layer: int, batch: int, n_head: int, head_dim: int, window: int, device=None):
         shape = (batch, n_head, window, head_dim)
         self.k = [torch.zeros(shape, device=device) for _ in range(n_layer)]
         self.v = [torch.zeros(shape, device=device) for _ in range(n_layer)]
         self.window, self.length = window, 0  # tokens written so far
+
+    def add(self, *transition) -> None:
+        """A new token (its transition is not needed: the ring overwrites the oldest)."""
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Write one token's k, v (B, H, 1, dh); return all slots and a (1, window) validity mask."""
@@ -28,3 +45,55 @@ class KVCache:
 
     def advance(self) -> None:
         self.length += 1
+
+    def nbytes(self) -> int:
+        """Bytes held between decisions."""
+        return sum(t.numel() * t.element_size() for t in self.k + self.v)
+
+
+class EvictingCache:
+    """A key/value cache of at most K transitions per row, evicted by ``evictor``'s strategy.
+
+    K + 1 slots per layer: the K kept between decisions and the deciding token's own. Keys
+    are cached rotated at their stream positions, which therefore stay the original ones.
+    """
+
+    def __init__(self, n_layer: int, n_head: int, head_dim: int, evictor: Evictor):
+        self.evictor = evictor
+        shape = (evictor.index.shape[0], n_head, evictor.budget + 1, head_dim)
+        device = evictor.index.device
+        self.k = [torch.zeros(shape, device=device) for _ in range(n_layer)]
+        self.v = [torch.zeros(shape, device=device) for _ in range(n_layer)]
+
+    @property
+    def length(self) -> int:
+        return self.evictor.length
+
+    @property
+    def wants_attention(self) -> bool:
+        return self.evictor.wants_attention
+
+    def add(self, states, actions, rewards, next_states) -> None:
+        self.evictor.add(states, actions, rewards, next_states)
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Write one token's k, v (B, H, 1, dh) into each row's new slot; return the slots and the
+        (B, 1, 1, K + 1) mask of held ones."""
+        rows, slot = self.evictor.rows, self.evictor.slot
+        self.k[layer][rows, :, slot] = k[:, :, 0]
+        self.v[layer][rows, :, slot] = v[:, :, 0]
+        return self.k[layer], self.v[layer], self.evictor.valid[:, None, None, :]
+
+    def record(self, pattern: torch.Tensor) -> None:
+        """One layer's attention (B, H, 1, K + 1) of the deciding query, for attention-scored strategies."""
+        self.evictor.observe(pattern)
+
+    def advance(self) -> None:
+        self.evictor.evict()
+
+    def nbytes(self) -> int:
+        """Bytes held between decisions: keys, values and the eviction bookkeeping."""
+        ev = self.evictor
+        book = [ev.index, ev.positions, ev.states, ev.actions, ev.rewards, ev.next_states, ev.current,
+                ev.accumulated, ev.recent]
+        return sum(t.numel() * t.element_size() for t in self.k + self.v + book)

@@ -5,16 +5,29 @@ evaluation seeds (streams) per task, all tasks x seeds stepped together in one
 batched environment. The model's weights never change; whatever improves over
 the episodes is learned from the context.
 
-Context backends (the same decisions, different cost):
+Contexts:
 
-* ``cache`` (default): a rolling key/value cache, O(n_transit) per step; exactly
-  the sliding-window model the trainer fits (see :mod:`adkit.model`).
-* ``recompute``: DICP's way, the last ``n_transit`` transitions re-encoded from
-  scratch at every step, O(n_transit^2) per step.
-* with a ``compressor`` (training-free compression): at every step the last
-  ``n_transit`` transitions are compressed to the compressor's budget (see
-  :mod:`adkit.compress.context`) and the kept ones re-encoded, O(budget^2) per step plus,
-  for attention-based strategies, the full-window pass that scores them.
+* ``cache`` (default), **the full context** everywhere in adkit: a rolling key/value
+  cache, O(n_transit) per step; exactly the sliding-window model the trainer fits (see
+  :mod:`adkit.model`). Through the layers a decision sees up to
+  ``n_layer x (n_transit - 1) + 1`` transitions back.
+* ``recompute``: DICP's hard context, a separate baseline: exactly the last ``n_transit``
+  transitions re-encoded from scratch at every step, O(n_transit^2) per step (another
+  function than the cache's once the model has 2 or more layers and the stream outgrows
+  the window).
+* with a ``compressor`` (training-free compression), ``kv`` says how:
+
+  * ``reencode``: at every step the last ``n_transit`` transitions are compressed to the
+    compressor's budget (see :mod:`adkit.compress.context`) and the kept ones re-encoded,
+    O(budget^2) per step plus, for attention-based strategies, the full-window pass that
+    scores them;
+  * ``evict``: an evicting key/value cache of at most budget transitions per layer
+    (:mod:`adkit.compress.evict`), O(budget) per step; attention-scored strategies score
+    with the attention the decision computes anyway.
+
+Every rollout also measures what a decision costs (:class:`DecisionCost`): the median
+wall-clock of its batched decisions, the peak memory of one (what persists between
+decisions plus its activations) and its FLOPs.
 
 The first action of a stream has no transition to condition on and is drawn
 uniformly at random (as a fresh source learner's would be).
@@ -23,8 +36,10 @@ uniformly at random (as a fresh source learner's would be).
 from __future__ import annotations
 
 import csv
+import json
+import statistics
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -33,12 +48,14 @@ import torch
 
 from adkit import envs
 from adkit.compress.context import compressed_logits
+from adkit.compress.cost import decision_flops, peak_allocated_mb
 from adkit.data.loop import record
 from adkit.data.tokens import Tokens
-from adkit.io import atomic_path
+from adkit.io import atomic_path, write_text
 from adkit.run import Run
 
 CSV_FIELDS = ["task", "seed", "episode", "return", "optimal"]
+KV = ("reencode", "evict")  # how a compressed rollout keeps its context (module doc)
 
 
 class Trajectories:
@@ -75,6 +92,19 @@ class Trajectories:
                       episode_return=self.episode_return[:, lo:t])
 
 
+@dataclass(frozen=True)
+class DecisionCost:
+    """What one batched decision of a rollout cost, measured on that rollout."""
+
+    mode: str  # "full cache" (the full context), "recompute" (DICP's hard context), "reencode" or "evict"
+    budget: int | None  # transitions a compressed decision keeps (None: the full window)
+    decision_ms: float  # median wall-clock of the rollout's decisions, all streams batched
+    peak_mb: float  # what persists between decisions (cache, or stored window) + one decision's peak activations
+    flops_per_decision: int  # the whole decision per stream: projections, attention, MLP, head (and scoring)
+    streams: int  # rows decided together
+    threads: int  # torch intra-op threads
+
+
 @dataclass
 class RolloutResult:
     returns: np.ndarray  # (n_tasks, n_seeds, n_episodes) episode returns
@@ -84,6 +114,7 @@ class RolloutResult:
     seconds: float  # wall-clock of the rollout
     steps: int  # environment steps per stream
     trajectories: Trajectories | None = None  # every transition of every stream (contexts at any decision)
+    cost: DecisionCost | None = None  # what a decision cost
 
     def rows(self) -> list[dict]:
         """Tidy rows ``task, seed, episode, return, optimal`` (episodes counted from 1)."""
@@ -116,29 +147,54 @@ def check_model_for(model, env_name: str, context: int | None = None) -> None:
 
 class ModelLearner:
     """The model acting in context in :func:`adkit.data.loop.record`: each decision sees what the
-    streams did so far through the rolling cache, a re-encoded window, or a compressed window."""
+    streams did so far through the rolling cache, a re-encoded window, a compressed window, or an
+    evicting cache; every decision is timed."""
 
     def __init__(self, model, n: int, steps: int, n_actions: int, generator: torch.Generator, greedy: bool,
-                 backend: str, size: int, compressor, scorer):
+                 backend: str, size: int, compressor, scorer, kv: str = "reencode"):
         self.model, self.gen, self.greedy, self.n_actions = model, generator, greedy, n_actions
         self.backend, self.size, self.compressor, self.scorer = backend, size, compressor, scorer
-        self.traj, self.cache = Trajectories(n, steps), model.new_cache(n)
+        if compressor is None:
+            self.mode = "full cache" if backend == "cache" else "recompute"
+        else:
+            self.mode = kv
+        self.traj = Trajectories(n, steps)
+        self.cache = (model.new_evicting_cache(n, compressor, generator=generator)
+                      if self.mode == "evict" else model.new_cache(n))
+        self.seconds: list[float] = []  # wall-clock of every decision
 
     def logits(self, t: int) -> torch.Tensor:
         """``(n, A)`` action logits of decision ``t`` (t >= 1)."""
         tr = self.traj
-        if self.compressor is not None:
+        if self.mode == "reencode":
             return compressed_logits(self.model, tr.window(t, self.size), self.compressor, self.gen, self.scorer)[0]
-        if self.backend == "cache":
+        if self.mode in ("full cache", "evict"):
             return self.model.step(self.cache, *tr.token(t - 1))
         return self.model(**tr.window(t, self.size))[:, -1]
+
+    def cost(self, t: int) -> DecisionCost:
+        """The rollout's decision cost; the peak memory from one more decision ``t`` (the last
+        transition, not yet decided on)."""
+        if self.mode in ("full cache", "evict"):
+            resident = self.cache.nbytes()
+        else:  # the window of transitions a re-encoding decision reads
+            resident = sum(v.numel() * v.element_size() for v in self.traj.window(t, self.size).values())
+        peak = resident / 2**20 + peak_allocated_mb(lambda: self.logits(t))
+        c = self.compressor
+        kept = None if c is None else c.budget
+        flops = decision_flops(self.model.cfg, self.n_actions, kept, scored=c is not None and c.needs_attention,
+                               evict=self.mode == "evict")
+        return DecisionCost(self.mode, kept, 1000 * statistics.median(self.seconds), peak, flops,
+                            len(self.traj.ended), torch.get_num_threads())
 
     def act(self, obs: np.ndarray, t: int) -> np.ndarray:
         self.traj.states[:, t] = torch.from_numpy(obs)
         n = obs.shape[0]
         if t == 0:  # nothing to condition on yet: uniform, as a fresh source learner would
             return torch.randint(0, self.n_actions, (n,), generator=self.gen).numpy()
+        t0 = time.perf_counter()
         logits = self.logits(t)
+        self.seconds.append(time.perf_counter() - t0)
         if self.greedy:
             return logits.argmax(-1).numpy()
         return torch.multinomial(logits.softmax(-1), 1, generator=self.gen)[:, 0].numpy()
@@ -150,16 +206,21 @@ class ModelLearner:
 @torch.no_grad()
 def rollout(model, env_name: str, tasks, seeds=(0, 1, 2), episodes: int = 50, greedy: bool = False,
             backend: str = "cache", context: int | None = None, compressor=None, scorer=None,
-            progress: bool = True) -> RolloutResult:
+            progress: bool = True, kv: str = "reencode") -> RolloutResult:
     """Run the model in context on ``tasks`` x ``seeds`` streams for ``episodes`` episodes each.
 
-    ``compressor`` (an :mod:`adkit.compress` strategy) compresses the context at
-    every decision; it implies re-encoding, whatever ``backend`` says. Attention-based
-    strategies score with ``scorer``'s attention (default: the model's own).
+    ``compressor`` (an :mod:`adkit.compress` strategy) compresses the context at every
+    decision, whatever ``backend`` says, by re-encoding the kept transitions (``kv="reencode"``;
+    attention-based strategies score with ``scorer``'s attention, default the model's own) or
+    through an evicting key/value cache (``kv="evict"``; scored by the model's own attention).
     """
     check_model_for(model, env_name, context)
     if backend not in ("cache", "recompute"):
         raise ValueError(f"backend must be 'cache' or 'recompute', got {backend!r}")
+    if kv not in KV:
+        raise ValueError(f"kv must be one of {KV}, got {kv!r}")
+    if kv == "evict" and scorer is not None:
+        raise ValueError("an evicting cache scores with the attention the decision computes; it takes no scorer")
     model.eval()
     tasks = [tuple(int(v) for v in np.atleast_1d(t)) for t in tasks]
     seeds = list(seeds)
@@ -167,13 +228,13 @@ def rollout(model, env_name: str, tasks, seeds=(0, 1, 2), episodes: int = 50, gr
     n, steps = env.num_envs, episodes * env.spec_.horizon
     gen = torch.Generator().manual_seed(int(np.random.SeedSequence(seeds).generate_state(1)[0]))
     learner = ModelLearner(model, n, steps, env.spec_.n_actions, gen, greedy, backend,
-                           context or model.cfg.n_transit, compressor, scorer)
+                           context or model.cfg.n_transit, compressor, scorer, kv)
     t0 = time.perf_counter()
     rewards = record(env, learner, steps, seed=seeds[0], progress=progress, desc="evaluate")["rewards"]  # (n, steps)
     seconds = time.perf_counter() - t0
     returns = rewards.reshape(len(tasks), len(seeds), episodes, env.spec_.horizon).sum(-1)
     optimal = np.array([envs.optimal_return(env_name, t) for t in tasks])
-    return RolloutResult(returns, tasks, seeds, optimal, seconds, steps, learner.traj)
+    return RolloutResult(returns, tasks, seeds, optimal, seconds, steps, learner.traj, learner.cost(steps))
 
 
 def evaluate_run(run: Run, model, progress: bool = True) -> RolloutResult:
@@ -183,7 +244,15 @@ def evaluate_run(run: Run, model, progress: bool = True) -> RolloutResult:
     res = rollout(model, run.cfg.env.name, run.test_tasks, seeds=range(e.seeds), episodes=e.episodes,
                   greedy=e.greedy, progress=progress)
     res.write_csv(run.returns)
+    write_summary(res, run.eval_summary)
     return res
+
+
+def write_summary(res: RolloutResult, path: str | Path, **about) -> Path:
+    """``summary.json``: ``about`` (e.g. the compressor's name), the decision cost and :func:`summary`."""
+    path = Path(path)
+    write_text(path, json.dumps({**about, **asdict(res.cost), **summary(res)}, indent=1) + "\n")
+    return path
 
 
 def seed_table(results: dict[int, RolloutResult]) -> pd.DataFrame:

@@ -29,7 +29,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from adkit import envs, threads
-from adkit.compress.context import build, compress_window
+from adkit.compress.context import build, compress_window, query_attention
+from adkit.compress.evict import check_evictable, keep_mask
 from adkit.compress.strategies import Compressor
 from adkit.config import Config, TrainConfig, changed_fields, dump_config, load_config
 from adkit.data.histories import Histories, WindowSampler
@@ -44,9 +45,9 @@ LOG_FIELDS = ["step", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "s
 
 
 def seq_len(cfg: Config) -> int:
-    """Transitions per training sequence (the last-position loss and compressed windows
+    """Transitions per training sequence (the last-position loss and re-encoded compressed windows
     always use ``n_transit``: one decision's context)."""
-    if cfg.train.loss == "last" or cfg.compress.strategy != "none":
+    if cfg.train.loss == "last" or (cfg.compress.strategy != "none" and cfg.compress.kv == "reencode"):
         return cfg.model.n_transit
     return cfg.train.seq_len or 2 * cfg.model.n_transit
 
@@ -104,7 +105,11 @@ def window_compressor(cfg: Config, scorer=None, **kw) -> Compressor | None:
     if not 1 <= c.budget < cfg.model.n_transit:
         raise ValueError(f"compress.budget must be 1..{cfg.model.n_transit - 1} transitions with compress.strategy "
                          f"{c.strategy!r}, got {c.budget}")
+    if c.kv not in ("reencode", "evict"):
+        raise ValueError(f"compress.kv must be 'reencode' or 'evict', got {c.kv!r}")
     compressor = build(c.strategy, c.budget, scorer, cfg.env.name, **kw)
+    if c.kv == "evict":
+        check_evictable(compressor, cfg.model.n_transit)
     if compressor.needs_attention and scorer is None:
         raise ValueError(f"compress.strategy {c.strategy!r} scores transitions by attention: pass scorer= (the "
                          "full-context model whose attention picks what each window keeps)")
@@ -125,7 +130,10 @@ class Trainer:
     With ``compress.strategy`` every training and validation window is compressed to
     ``compress.budget`` earlier transitions by :func:`adkit.compress.context.compress_window`, the
     same selection a compressed rollout makes; attention-based strategies score with
-    ``scorer`` (a fixed, full-context model), and ``compressor_kw`` go to the strategy.
+    ``scorer`` (a fixed, full-context model), and ``compressor_kw`` go to the strategy. With
+    ``compress.kv: evict`` windows stay whole and each query attends to what an evicting cache
+    would hold there (:func:`adkit.compress.evict.keep_mask`; attention-based strategies replay the
+    eviction with ``scorer``'s attention on the window): every position keeps its target.
     """
 
     def __init__(self, run: Run, h: Histories, progress: bool = True, scorer=None,
@@ -242,22 +250,26 @@ class Trainer:
         commit(self.run_dir, [*names, self.run.train_state.name, self.run.train_state_json.name], self.step)
 
     # ---- loop -------------------------------------------------------------------------------------
-    def batch(self, sampler: WindowSampler) -> Tokens:
-        """One batch of tokens with targets from ``sampler``, compressed if the run compresses."""
-        size = (self.cfg.compress.batch or self.t.batch_size) if self.compressor is not None else self.t.batch_size
-        tokens = Tokens.from_transitions(sampler.sample(size))
-        if self.compressor is not None:
-            tokens = compress_window(self.compressor, tokens, self.cfg.compress.positions, self.scorer,
-                                     self.compress_rng)
-        return tokens.to(self.device)
+    def batch(self, sampler: WindowSampler) -> tuple[Tokens, torch.Tensor | None]:
+        """One batch of tokens with targets from ``sampler``, compressed if the run compresses, and the
+        per-query keep mask ``(B, L, L)`` of an evicting run (else None)."""
+        c = self.cfg.compress
+        size = c.batch or self.t.batch_size if self.compressor is not None and c.kv == "reencode" else self.t.batch_size
+        tokens, keep = Tokens.from_transitions(sampler.sample(size)), None
+        if self.compressor is not None and c.kv == "evict":
+            feed = query_attention(self.scorer, tokens) if self.compressor.needs_attention else None
+            keep = keep_mask(self.compressor, tokens, self.cfg.model.n_transit, feed, self.compress_rng).to(self.device)
+        elif self.compressor is not None:
+            tokens = compress_window(self.compressor, tokens, c.positions, self.scorer, self.compress_rng)
+        return tokens.to(self.device), keep
 
     @torch.no_grad()
     def validate(self) -> tuple[float, float]:
         self.model.eval()
         losses, accs = [], []
         for _ in range(self.t.val_batches):
-            tokens = self.batch(self.val_sampler)
-            loss, acc = loss_and_accuracy(self.model(**tokens), tokens.targets, self.t.loss)
+            tokens, keep = self.batch(self.val_sampler)
+            loss, acc = loss_and_accuracy(self.model(**tokens, keep=keep), tokens.targets, self.t.loss)
             losses.append(loss.item())
             accs.append(acc.item())
         self.model.train()
@@ -295,8 +307,9 @@ class Trainer:
             lr = lr_at(progress, self.t, self.step)
             for group in self.opt.param_groups:
                 group["lr"] = lr
-            tokens = self.batch(self.train_sampler)
-            loss, acc = loss_and_accuracy(self.net(**tokens), tokens.targets, self.t.loss, self.t.label_smoothing)
+            tokens, keep = self.batch(self.train_sampler)
+            loss, acc = loss_and_accuracy(self.net(**tokens, keep=keep), tokens.targets, self.t.loss,
+                                          self.t.label_smoothing)
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.t.grad_clip)

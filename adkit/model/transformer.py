@@ -33,9 +33,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from adkit.compress.evict import Evictor
 from adkit.config import ModelConfig
 from adkit.envs import spec as env_spec
-from adkit.model.cache import KVCache
+from adkit.model.cache import EvictingCache, KVCache
 from adkit.model.hooks import ActivationCache, HookPoint
 
 POSITIONS = ("original", "renumber")
@@ -78,11 +79,14 @@ class Attention(nn.Module):
         q, k, v = (t.view(B, L, self.n_head, self.head_dim).transpose(1, 2) for t in (q, k, v))  # (B, H, L, dh)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if cache is not None:
-            k, v, mask = cache.update(layer, k, v)  # (B, H, W, dh) x2, (1, W)
+            k, v, mask = cache.update(layer, k, v)  # (B, H, W, dh) x2, (1, W) or (B, 1, 1, W)
+            explicit = explicit or cache.wants_attention
         p = self.attn_dropout if self.training else 0.0
         if explicit:
             scores = (q @ k.transpose(-2, -1)) / math.sqrt(self.head_dim)  # (B, H, L, Lk)
             pattern = self.hook_pattern(scores.masked_fill(~mask, float("-inf")).softmax(-1))
+            if cache is not None and cache.wants_attention:
+                cache.record(pattern)
             y = F.dropout(pattern, p, self.training) @ v  # (B, H, L, dh)
         else:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)  # (B, H, L, dh)
@@ -174,11 +178,13 @@ class ADTransformer(nn.Module):
 
     # ---- forward ------------------------------------------------------------------------
     def forward(self, states, actions, rewards, next_states, queries, positions=None,
-                episode_return=None) -> torch.Tensor:
+                episode_return=None, keep=None) -> torch.Tensor:
         """Action logits (B, L, A) for the decision after each of the L transitions.
 
         ``positions`` (B, L): step of each transition in its stream (rotary positions);
-        default ``0..L-1``. The attention window is ``n_transit`` tokens.
+        default ``0..L-1``. The attention window is ``n_transit`` tokens. ``keep`` (B, L, L) bool
+        narrows each query to the tokens it may attend to (:func:`adkit.compress.evict.keep_mask`:
+        an evicting cache's, which this forward then computes in one pass).
         """
         B, L = actions.shape
         if positions is None:
@@ -186,6 +192,8 @@ class ADTransformer(nn.Module):
         x = self.embed(states, actions, rewards, next_states, queries, positions, episode_return)  # (B, L, d)
         cos, sin = rope_angles(positions, self.cfg.tf_n_embd // self.cfg.tf_n_head, self.cfg.rope_base)
         mask = window_mask(L, L, self.cfg.n_transit, x.device)  # (L, L)
+        if keep is not None:
+            mask = (mask & keep)[:, None]  # (B, 1, L, L)
         explicit = self._hooked()
         for block in self.blocks:
             x = block(x, cos, sin, mask, explicit=explicit)
@@ -196,14 +204,25 @@ class ADTransformer(nn.Module):
         return KVCache(c.tf_n_layer, batch, c.tf_n_head, c.tf_n_embd // c.tf_n_head, c.n_transit,
                        self.head.weight.device)
 
+    def new_evicting_cache(self, batch: int, compressor, feed=None, generator=None) -> EvictingCache:
+        """A cache of at most ``compressor.budget`` transitions per row, evicted by ``compressor``
+        (``feed``, ``generator``: see :class:`adkit.compress.evict.Evictor`)."""
+        if self.positions == "renumber":
+            raise ValueError("an evicting cache keeps each transition's original rotary position (keys are cached "
+                             "rotated); this model reads renumbered contexts: evaluate it with --kv reencode")
+        c = self.cfg
+        evictor = Evictor(compressor, batch, c.n_transit, feed, generator, self.head.weight.device)
+        return EvictingCache(c.tf_n_layer, c.tf_n_head, c.tf_n_embd // c.tf_n_head, evictor)
+
     @torch.no_grad()
-    def step(self, cache: KVCache, states, actions, rewards, next_states, queries,
+    def step(self, cache: KVCache | EvictingCache, states, actions, rewards, next_states, queries,
              episode_return=None) -> torch.Tensor:
         """One rollout step: append one transition per row (B, ·) and return logits (B, A).
 
-        Costs O(n_transit) per layer whatever the history length. The token's rotary
-        position is its index in the stream (``cache.length``).
+        Costs O(n_transit) per layer whatever the history length (O(K) with an evicting
+        cache). The token's rotary position is its index in the stream (``cache.length``).
         """
+        cache.add(states, actions, rewards, next_states)
         pos = torch.full((actions.shape[0], 1), cache.length, device=actions.device)  # (B, 1)
         x = self.embed(states[:, None], actions[:, None], rewards[:, None], next_states[:, None], queries[:, None],
                        pos, None if episode_return is None else episode_return[:, None])  # (B, 1, d)

@@ -2,6 +2,8 @@
 runs a model.
 
 * :func:`plot_return_vs_budget`: training-free return against budget (``RUN/study/return_vs_budget.png``).
+* :func:`plot_cost`: training-free return against measured decision time and memory, re-encoding
+  against evicting (``RUN/study/cost.png``).
 * :func:`draw_keeps` + :func:`keep_explorer`: one real context, its attention and what each strategy
   keeps (a :class:`adkit.study.keeps.KeepView`), with strategy and budget widgets.
 * :func:`plot_modes`: return against budget, retrained (solid) and training-free (dashed).
@@ -29,7 +31,8 @@ CMAP = "Reds"
 
 
 def plot_return_vs_budget(df, ax=None) -> Figure:
-    """Mean return (± std over seeds) against transitions kept, one line per compressor.
+    """Mean return (± std over seeds) against transitions kept, one line per compressor and kv
+    (re-encoded: solid; evicting cache: dashed, same colour).
 
     x is the number of earlier transitions a decision kept (the budget; fewer or more
     where a strategy decides, e.g. ``threshold`` or a ``profile`` rule of ``full``).
@@ -44,15 +47,20 @@ def plot_return_vs_budget(df, ax=None) -> Figure:
     colors = iter(tab20[0::2] + tab20[1::2])  # 20 distinct colours, the dark ones first
     base = s[s["compressor"] == "none"]
     full = float(base["return_mean"].mean()) if len(base) else math.nan
-    for name, g in s[~s["compressor"].isin(BASELINES)].groupby("compressor", sort=False):
+    strategies = s[~s["compressor"].isin(BASELINES)]
+    colour = {name: next(colors) for name in dict.fromkeys(strategies["compressor"])
+              if name not in ("random", "oracle")}
+    for (name, kv), g in strategies.groupby(["compressor", "kv"], sort=False):
         g = g.sort_values("budget")
         reduced = g["note"].str.startswith("reduced").any()
         y, err = ((g["share_mean"] * full, g["share_std"] * full) if reduced and full > 0
                   else (g["return_mean"], g["return_std"]))
-        style = {"random": dict(color="0.45", ls="--", marker="x"),
+        style = {"random": dict(color="0.45", marker="x"),
                  "oracle": dict(color="k", ls=":", marker="o", mfc="none")}.get(name) or dict(marker="o",
-                                                                                          color=next(colors))
-        label = name + (f" ({g['tasks'].iloc[0]} tasks x {g['episodes'].iloc[0]} ep., by share)" if reduced else "")
+                                                                                          color=colour[name])
+        style.setdefault("ls", "--" if kv == "evict" else "-")
+        label = (name + (" (evict)" if kv == "evict" else "")
+                 + (f" ({g['tasks'].iloc[0]} tasks x {g['episodes'].iloc[0]} ep., by share)" if reduced else ""))
         ax.errorbar(g["context_tokens"] - 1, y, yerr=err, label=label, capsize=2, lw=1.5, ms=4, elinewidth=0.8,
                     **style)
     ticks = sorted(set(s["budget"]) - set(base["budget"]) | set(base["context_tokens"] - 1))
@@ -68,6 +76,40 @@ def plot_return_vs_budget(df, ax=None) -> Figure:
         right.set_ylabel("% of the full-context return")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.1, 1.0))
+    return fig
+
+
+def plot_cost(df: pd.DataFrame) -> Figure:
+    """Training-free return (mean over seeds) against measured decision time (left) and peak memory
+    (right): circles re-encode the kept transitions, triangles keep an evicting cache; the full
+    context (rolling cache) and DICP's re-encoded hard context as stars; the Pareto front of all
+    points as a step line."""
+    s = summary_table(df)
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
+    colors = {**_colors([c for c in dict.fromkeys(s["compressor"]) if c not in BASELINES]),
+              "none": "tab:blue", "full": "k"}
+    markers = {"reencode": "o", "evict": "^", "cache": "*", "recompute": "*"}
+    for ax, cost, label in ((axes[0], "decision_ms", "decision time, all held-out tasks batched (ms, measured)"),
+                            (axes[1], "peak_mem_mb", "peak memory of a decision (MB, measured)")):
+        for kv, g in s.groupby("kv", sort=False):
+            ax.scatter(g[cost], g["return_mean"], c=[colors[c] for c in g["compressor"]], marker=markers[kv],
+                       s=[120 if c in BASELINES else 30 for c in g["compressor"]], edgecolors="k", linewidths=0.3)
+        front = s.iloc[pareto_front(s[cost].to_numpy(float), s["return_mean"].to_numpy(float))]
+        ax.step(front[cost], front["return_mean"], where="post", color="k", lw=1, alpha=0.5)
+        for _, r in front.iterrows():
+            ax.annotate(f"{r['compressor']}@{r['budget']} {r['kv']}", (r[cost], r["return_mean"]), fontsize=6,
+                        xytext=(3, -8), textcoords="offset points")
+        ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.set(xlabel=label)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("mean episode return (held-out tasks)")
+    names = {"none": "full context (rolling cache)", "full": "DICP hard context (re-encoded)"}
+    handles = [plt.Line2D([], [], color=c, marker="o", ls="", label=names.get(n, n)) for n, c in colors.items()]
+    handles += [plt.Line2D([], [], color="k", marker=m, ls="", mfc="none", label=f"kv: {kv}")
+                for kv, m in markers.items() if kv in ("reencode", "evict")]
+    axes[1].legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
+    fig.suptitle("training-free compression: return against what a decision costs")
     return fig
 
 
@@ -142,16 +184,18 @@ def _colors(names) -> dict[str, tuple]:
 
 def plot_modes(df: pd.DataFrame) -> Figure:
     """Mean return (± std over seeds) against transitions kept: one colour per compressor,
-    retrained solid, training-free dashed; the full-context returns and the optimum as lines."""
+    retrained solid, training-free dashed, evicting-cache cells with triangles; the full-context
+    returns and the optimum as lines."""
     s = summary(df)
     fig, ax = plt.subplots(figsize=(9, 5))
     names = [c for c in dict.fromkeys(s["compressor"]) if c != "none"]
     colors = _colors(names)
-    for (name, mode), g in s[s["compressor"] != "none"].groupby(["compressor", "mode"], sort=False):
-        g, retrained = g.sort_values("budget"), mode == RETRAINED
+    for (name, mode, kv), g in s[s["compressor"] != "none"].groupby(["compressor", "mode", "kv"], sort=False):
+        g, retrained, evict = g.sort_values("budget"), mode == RETRAINED, kv == "evict"
         ax.errorbar(g["budget"], g["return_mean"], yerr=g["return_std"], color=colors[name], capsize=2,
-                    marker="o" if retrained else "s", ls="-" if retrained else "--", lw=1.6 if retrained else 1,
-                    ms=4, label=f"{name} ({mode})", alpha=1 if retrained else 0.6)
+                    marker="^" if evict else "o" if retrained else "s", ls="-" if retrained else "--",
+                    lw=1.6 if retrained else 1, ms=4, label=f"{name} ({mode}{', evict' if evict else ''})",
+                    alpha=1 if retrained else 0.6)
     for mode, ls in ((RETRAINED, "-"), ("training-free", "--")):
         base = s[(s["compressor"] == "none") & (s["mode"] == mode)]
         if len(base):
@@ -180,23 +224,28 @@ def pareto_front(cost: np.ndarray, value: np.ndarray) -> np.ndarray:
 
 
 def plot_pareto(df: pd.DataFrame) -> Figure:
-    """Return against measured decision time (left) and FLOPs per decision (right): every
-    compressor x budget x mode, the retrained cells' Pareto front as a step line."""
+    """Return against measured decision time, peak memory and FLOPs per decision: every
+    compressor x budget x mode x kv, the retrained cells' Pareto front as a step line; evicting-cache
+    cells are triangles."""
     s = summary(df)
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.5), sharey=True)
     colors = {**_colors([c for c in dict.fromkeys(s["compressor"]) if c != "none"]), "none": "tab:blue"}
     for ax, cost, label in ((axes[0], "decision_ms", "decision time, one stream per task (ms, measured)"),
-                            (axes[1], "flops", "FLOPs per decision (whole forward, counted)")):
+                            (axes[1], "peak_mem_mb", "peak memory of a decision (MB, measured)"),
+                            (axes[2], "flops", "FLOPs per decision (whole forward, counted)")):
         for mode, marker in ((RETRAINED, "o"), ("training-free", "s")):
             g = s[s["mode"] == mode]
-            ax.scatter(g[cost], g["return_mean"], c=[colors[c] for c in g["compressor"]], marker=marker,
-                       s=[60 if c == "none" else 28 for c in g["compressor"]], alpha=1 if mode == RETRAINED else 0.45,
-                       edgecolors="k" if mode == RETRAINED else "none", linewidths=0.4)
+            for evict, part in g.groupby(g["kv"] == "evict"):
+                ax.scatter(part[cost], part["return_mean"], c=[colors[c] for c in part["compressor"]],
+                           marker="^" if evict else marker, s=[60 if c == "none" else 28 for c in part["compressor"]],
+                           alpha=1 if mode == RETRAINED else 0.45, edgecolors="k" if mode == RETRAINED else "none",
+                           linewidths=0.4)
             if mode == RETRAINED and len(g):
                 front = g.iloc[pareto_front(g[cost].to_numpy(float), g["return_mean"].to_numpy(float))]
                 ax.step(front[cost], front["return_mean"], where="post", color="k", lw=1, alpha=0.6)
                 for _, r in front.iterrows():
-                    ax.annotate(f"{r['compressor']}@{r['budget']}", (r[cost], r["return_mean"]), fontsize=6,
+                    ax.annotate(f"{r['compressor']}@{r['budget']}{' evict' if r['kv'] == 'evict' else ''}",
+                                (r[cost], r["return_mean"]), fontsize=6,
                                 xytext=(3, -8), textcoords="offset points")
         ax.set_xscale("log")
         ax.xaxis.set_minor_formatter(NullFormatter())
@@ -205,8 +254,9 @@ def plot_pareto(df: pd.DataFrame) -> Figure:
     axes[0].set_ylabel("mean episode return (held-out tasks)")
     handles = [plt.Line2D([], [], color=c, marker="o", ls="", label=n) for n, c in colors.items()]
     handles += [plt.Line2D([], [], color="k", marker="o", ls="", mfc="none", label="retrained (front: line)"),
-                plt.Line2D([], [], color="k", marker="s", ls="", alpha=0.45, label="training-free")]
-    axes[1].legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
+                plt.Line2D([], [], color="k", marker="s", ls="", alpha=0.45, label="training-free"),
+                plt.Line2D([], [], color="k", marker="^", ls="", mfc="none", label="evicting cache")]
+    axes[2].legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
     fig.suptitle("what compression costs and buys: return against cost")
     return fig
 

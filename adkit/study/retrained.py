@@ -1,16 +1,18 @@
 """Retrained compression study: what a compressor buys and costs once the model is trained for it.
 
-For every compressor x budget x seed the model of a run (notebook 01) is trained
-again from scratch on compressed windows (``compress.strategy`` / ``compress.budget``:
-every training window compressed by :func:`adkit.compress.context.compress_window`, the same
-selection a compressed rollout makes), with the run's step budget and batch size
-and training seed ``seed``, then evaluated in context on the held-out tasks with its
-context compressed the same way at every decision. The baseline ``none`` is the
+For every compressor x budget x kv x seed the model of a run (notebook 01) is trained
+again from scratch for its compressed context (``compress.strategy`` / ``compress.budget`` /
+``compress.kv``), with the run's step budget and batch size and training seed ``seed``, then
+evaluated in context on the held-out tasks with its context kept the same way at every
+decision: ``reencode`` trains on windows compressed by
+:func:`adkit.compress.context.compress_window`, the selection a re-encoding rollout makes;
+``evict`` trains on whole windows under the keep mask of an evicting cache
+(:func:`adkit.compress.evict.keep_mask`) and is evaluated with that cache. The baseline ``none`` is the
 full-context model retrained the same way (same steps, same seed). Attention-based
 strategies score with the run's full-context model (the model whose attention
 notebook 02 looked at), in training and in evaluation alike.
 
-One row per cell, ``mode`` ``retrained``:
+One row per cell, ``mode`` ``retrained``, ``kv`` as trained (``cache`` for ``none``):
 
 * ``return``: mean episode return over the held-out tasks x ``eval.seeds`` streams
   (stream seeds ``1000 * seed + j``) x the episodes; ``full_return``: the retrained
@@ -51,10 +53,11 @@ from adkit import compress, envs
 from adkit import threads as adkit_threads
 from adkit.analysis.attention import window_contexts
 from adkit.analysis.insights import markdown_table
-from adkit.compress.context import compress_window
+from adkit.compress.context import compress_window, query_attention
 from adkit.compress.cost import decision_cost, decision_flops, forward_flops, peak_allocated_mb, time_ms
+from adkit.compress.evict import NOT_EVICTABLE, keep_mask
 from adkit.data.collect import load_for
-from adkit.io import write_text
+from adkit.io import atomic_path, write_text
 from adkit.model.checkpoint import load
 from adkit.model.evaluate import rollout
 from adkit.model.train import Trainer, loss_and_accuracy, window_compressor
@@ -66,7 +69,7 @@ from adkit.study.figures import plot_attention_shift, plot_modes, plot_pareto
 from adkit.study.summaries import RETRAINED, TRAINING_FREE, plus_minus, summary
 
 MODE = RETRAINED
-KEY = ["compressor", "budget", "mode", "seed"]
+KEY = ["compressor", "budget", "mode", "kv", "seed"]
 COLUMNS = KEY + ["return", "full_return", "optimal", "tasks", "episodes", "train_steps", "train_step_ms",
                  "train_peak_mem_mb", "rollout_step_ms", "decision_ms", "peak_mem_mb", "context_tokens",
                  "flops", "train_flops"]
@@ -77,17 +80,23 @@ DEFAULT_COMPRESSORS = ("recency", "uniform", "attention", "threshold", "adaptive
 NOT_TRAINABLE = ("none", "full", "oracle")  # the baselines, and the oracle (O(n^2) model calls per window)
 
 
-def decision_work(model_cfg, n_actions: int, name: str, budget: int, needs_attention: bool) -> tuple[int, int]:
+def decision_work(model_cfg, n_actions: int, name: str, budget: int, needs_attention: bool,
+                  kv: str = "reencode") -> tuple[int, int]:
     """FLOPs ``(per decision, per training sequence)`` of ``name`` at ``budget``, each a whole forward
     (:func:`adkit.compress.cost.forward_flops`).
 
-    ``none``: a rolling-cache step and a training sequence of ``2 * n_transit`` tokens; a compressor:
-    the ``budget + 1`` kept tokens re-encoded, plus the full-window scoring pass of an
-    attention-based strategy (in rollouts and in training alike).
+    ``none``: a rolling-cache step and a training sequence of ``2 * n_transit`` tokens; a re-encoding
+    compressor: the ``budget + 1`` kept tokens re-encoded, plus the full-window scoring pass of an
+    attention-based strategy (in rollouts and in training alike); an evicting one: a step of its
+    cache, and a whole training sequence (masked attention is computed densely, plus the scorer's
+    pass for an attention-based strategy).
     """
     n = model_cfg.n_transit
+    whole = forward_flops(model_cfg, 2 * n, 2 * n, n_actions)
     if name == "none":
-        return decision_flops(model_cfg, n_actions), forward_flops(model_cfg, 2 * n, 2 * n, n_actions)
+        return decision_flops(model_cfg, n_actions), whole
+    if kv == "evict":
+        return decision_flops(model_cfg, n_actions, budget, evict=True), whole * (2 if needs_attention else 1)
     flops = decision_flops(model_cfg, n_actions, budget, needs_attention)
     return flops, flops
 
@@ -98,8 +107,8 @@ def train_step_cost(trainer: Trainer) -> tuple[float, float]:
     backward. The weights do not change."""
 
     def step():
-        tokens = trainer.batch(trainer.train_sampler)
-        loss, _ = loss_and_accuracy(trainer.model(**tokens), tokens.targets, trainer.t.loss)
+        tokens, keep = trainer.batch(trainer.train_sampler)
+        loss, _ = loss_and_accuracy(trainer.model(**tokens, keep=keep), tokens.targets, trainer.t.loss)
         loss.backward()
         trainer.opt.zero_grad(set_to_none=True)
 
@@ -107,20 +116,22 @@ def train_step_cost(trainer: Trainer) -> tuple[float, float]:
 
 
 def cell_run(run: Run, name: str, budget: int, seed: int, steps: int, compress_kw: dict | None = None,
-             root: Path | None = None) -> Run:
+             root: Path | None = None, kv: str = "reencode") -> Run:
     """The run of one retrained cell: the parent's config with training seed ``seed``, ``steps``
-    steps and ``name`` at ``budget`` (``compress_kw``: more ``compress`` fields, e.g. ``batch``),
-    in ``root`` (default the parent's ``study/retrained``)."""
+    steps and ``name`` at ``budget`` kept as ``kv`` says (``compress_kw``: more ``compress``
+    fields, e.g. ``batch``), in ``root`` (default the parent's ``study/retrained``)."""
     compressed = name != "none"
     cfg = dataclasses.replace(
         run.cfg, train=dataclasses.replace(run.cfg.train, seed=seed, steps=steps, extra_seeds=[]),
         compress=dataclasses.replace(run.cfg.compress, strategy=name if compressed else "none",
-                                     budget=budget if compressed else 0, **(compress_kw or {})))
-    folder = run.cell(name, budget, seed) if root is None else Path(root) / run.cell(name, budget, seed).name
+                                     budget=budget if compressed else 0, kv=kv if compressed else "reencode",
+                                     **(compress_kw or {})))
+    here = run.cell(name, budget, seed, kv)
+    folder = here if root is None else Path(root) / here.name
     return dataclasses.replace(run, dir=folder, cfg=cfg)
 
 
-def run_cell(run: Run, name: str, budget: int, seed: int, steps: int, episodes: int, extra: dict,
+def run_cell(run: Run, name: str, budget: int, seed: int, kv: str, steps: int, episodes: int, extra: dict,
              threads: int = 0, progress: bool = False, compress_kw: dict | None = None,
              root: str | None = None) -> dict:
     """Train and evaluate one cell (resuming its training if it was interrupted); returns its row.
@@ -129,7 +140,8 @@ def run_cell(run: Run, name: str, budget: int, seed: int, steps: int, episodes: 
         adkit_threads.configure(threads)
     scorer = load(run.weights)
     n = scorer.cfg.n_transit
-    cell = cell_run(run, name, budget, seed, steps, compress_kw, None if root is None else Path(root))
+    kv = "reencode" if name == "none" else kv
+    cell = cell_run(run, name, budget, seed, steps, compress_kw, None if root is None else Path(root), kv)
     trainer = Trainer(cell, load_for(run.cfg, run.require(run.histories, "collect")), progress=progress,
                       scorer=scorer, compressor_kw=extra.get(name, {}))
     trainer.fit()
@@ -138,16 +150,17 @@ def run_cell(run: Run, name: str, budget: int, seed: int, steps: int, episodes: 
     tasks = run.test_tasks
     streams = [1000 * seed + j for j in range(run.cfg.eval.seeds)]
     compressor = trainer.compressor
+    evict = kv == "evict"
     res = rollout(model, run.cfg.env.name, tasks, seeds=streams, episodes=episodes, compressor=compressor,
-                  scorer=scorer, progress=False)
+                  scorer=None if evict else scorer, progress=False, kv=kv)
     res.write_csv(cell.dir / "returns.csv")
     probe = res.trajectories.window(res.steps - 1, n).rows(slice(None, None, len(streams)))  # one stream per task
     gen = torch.Generator().manual_seed(seed)
-    ms, mb = decision_cost(model, probe, name, compressor, gen, scorer=scorer)
+    ms, mb = decision_cost(model, probe, name, compressor, gen, scorer=None if evict else scorer, kv=kv)
     needs = bool(compressor is not None and compressor.needs_attention)
-    flops, train_flops = decision_work(model.cfg, model.n_actions, name, budget, needs)
+    flops, train_flops = decision_work(model.cfg, model.n_actions, name, budget, needs, kv)
     return {
-        "compressor": name, "budget": budget, "mode": MODE, "seed": seed,
+        "compressor": name, "budget": budget, "mode": MODE, "kv": "cache" if name == "none" else kv, "seed": seed,
         "return": float(res.returns.mean()), "full_return": float("nan"), "optimal": float(res.optimal.mean()),
         "tasks": len(tasks), "episodes": episodes, "train_steps": steps, "train_step_ms": train_ms,
         "train_peak_mem_mb": train_mb, "rollout_step_ms": 1000 * res.seconds / res.steps, "decision_ms": ms,
@@ -164,8 +177,21 @@ def _with_full_return(rows: list[dict]) -> pd.DataFrame:
     return df
 
 
+def upgrade_table(path: Path, columns: Sequence[str], kv_of) -> None:
+    """Give a study table written before the ``kv`` column its values (``kv_of(row)``)."""
+    if not path.exists():
+        return
+    df = pd.read_csv(path)
+    if "kv" in df.columns:
+        return
+    df["kv"] = [kv_of(r) for r in df.to_dict("records")]
+    with atomic_path(path) as tmp:
+        df[list(columns)].to_csv(tmp, index=False)
+
+
 def retrained_study(run: Run, compressors: Sequence[str] | None = None, budgets: Sequence[int] | None = None,
-                    seeds: Sequence[int] | None = None, progress: bool = True) -> pd.DataFrame:
+                    seeds: Sequence[int] | None = None, progress: bool = True,
+                    kvs: Sequence[str] | None = None) -> pd.DataFrame:
     """Run (or resume) the retrained study of a run; returns its table (``RUN/study/retrained.csv``).
 
     Sized by the run's ``study`` config unless given: ``compressors`` (default
@@ -174,7 +200,8 @@ def retrained_study(run: Run, compressors: Sequence[str] | None = None, budgets:
     ``study.retrain_budgets`` as fractions of ``n_transit``), ``seeds`` (training seeds; default
     ``range(study.seeds)``; each cell's evaluation streams derive from its seed), ``study.steps``
     training steps per model, ``study.episodes`` per evaluation and ``study.workers`` cells at
-    once, each in its own process with one torch thread.
+    once, each in its own process with one torch thread; ``kvs`` (default ``study.kv``): how the
+    compressed contexts are kept (``evict`` cells only for strategies with an eviction form).
     """
     st = run.cfg.study
     scorer = load(run.require(run.weights, "train"))
@@ -184,13 +211,16 @@ def retrained_study(run: Run, compressors: Sequence[str] | None = None, budgets:
     seeds = [int(s) for s in seeds] if seeds is not None else list(range(st.seeds))
     steps, episodes = st.steps or run.cfg.train.steps, st.episodes or run.cfg.eval.episodes
     hist = run.require(run.histories, "collect")
+    kvs = list(kvs or st.kv)
     path = run.study / TABLE
+    upgrade_table(path, COLUMNS, lambda r: "cache" if r["compressor"] == "none" else "reencode")
     for r in read_table(path, COLUMNS).to_dict("records"):
         if int(r["train_steps"]) != steps or int(r["episodes"]) != episodes:
             raise ValueError(f"{path} holds cells made with {int(r['train_steps'])} training steps and "
                              f"{int(r['episodes'])} episodes, this study makes {steps} and {episodes}; "
                              "remove the file or set the same study.steps and study.episodes")
-    cells = [(c, b, s) for s in seeds for c, bs in [("none", [n]), *((c, budgets) for c in names)] for b in bs]
+    cells = [(c, b, s, kv) for s in seeds for c, bs in [("none", [n]), *((c, budgets) for c in names)] for b in bs
+             for kv in (["cache"] if c == "none" else [k for k in kvs if k == "reencode" or c not in NOT_EVICTABLE])]
     extra = {}
     if "profile" in names:
         contexts = window_contexts(run.cfg, load_for(run.cfg, hist), 64, seed=0).inputs
@@ -198,8 +228,8 @@ def retrained_study(run: Run, compressors: Sequence[str] | None = None, budgets:
     parallel = st.workers > 1 or st.executor != "local"
     threads = max(1, adkit_threads.share() // st.workers) if st.executor == "local" else 1  # per cell process
     compute = partial(run_cell, run, steps=steps, episodes=episodes, extra=extra, threads=threads if parallel else 0)
-    return run_cells(path, COLUMNS, cells, lambda r: (r["compressor"], int(r["budget"]), int(r["seed"])), compute,
-                     desc="retrained study", workers=st.workers, progress=progress, finish=_with_full_return,
+    return run_cells(path, COLUMNS, cells, lambda r: (r["compressor"], int(r["budget"]), int(r["seed"]), r["kv"]),
+                     compute, desc="retrained study", workers=st.workers, progress=progress, finish=_with_full_return,
                      executor=st.executor, address=st.address)
 
 
@@ -216,15 +246,16 @@ def results_table(run: Run) -> pd.DataFrame:
     """
     re_df = read_table(run.study / TABLE, COLUMNS)
     tf = read_table(run.study / training_free.TABLE, training_free.COLUMNS)
-    pairs = set(zip(re_df["compressor"], re_df["budget"])) | {("none", b) for b in re_df["budget"]}
-    tf = tf[[(c, b) in pairs for c, b in zip(tf["compressor"], tf["budget"])]]
+    cells = set(zip(re_df["compressor"], re_df["budget"], re_df["kv"]))
+    cells |= {("none", b, "cache") for b in re_df["budget"]}
+    tf = tf[[cell in cells for cell in zip(tf["compressor"], tf["budget"], tf["kv"])]]
     base = re_df[re_df["compressor"] == "none"]
     if len(tf) and len(base):
         model_cfg = run.cfg.model
         needs = {c: compress.COMPRESSORS[c].needs_attention for c in tf["compressor"]}
         n_actions = envs.spec(run.cfg.env.name).n_actions
-        work = [decision_work(model_cfg, n_actions, c, int(b), needs[c])
-                for c, b in zip(tf["compressor"], tf["budget"])]
+        work = [decision_work(model_cfg, n_actions, c, int(b), needs[c], kv)
+                for c, b, kv in zip(tf["compressor"], tf["budget"], tf["kv"])]
         tf = tf.assign(mode=TRAINING_FREE, train_steps=int(base["train_steps"].iloc[0]),
                        train_step_ms=float(base["train_step_ms"].mean()),
                        train_peak_mem_mb=float(base["train_peak_mem_mb"].mean()),
@@ -263,18 +294,19 @@ def headline(df: pd.DataFrame, run: Run | None = None, targets: dict[int, float]
         if rows.empty:
             continue
         best = rows.sort_values("share_mean", ascending=False).iloc[0]
+        kept_as = " (evicting cache)" if best["kv"] == "evict" else ""
         target = targets.get(int(budget))
         verdict = "" if target is None else (f"; target {target:.0%}: "
                                              f"{'met' if best['share_mean'] >= target else 'NOT met'}")
         spread = f" ± {best['share_std']:.0%}" if best["seeds"] > 1 else " (1 seed)"
-        line = (f"budget {budget} of {int(b0['budget'])}: best retrained `{best['compressor']}` keeps "
+        line = (f"budget {budget} of {int(b0['budget'])}: best retrained `{best['compressor']}`{kept_as} keeps "
                 f"{best['share_mean']:.0%}{spread} of the full-context return"
                 f"{verdict}; decision {best['decision_ms']:.2f} ms vs {b0['decision_ms']:.2f} ms (cached full "
                 f"context), peak {best['peak_mem_mb']:.2f} MB vs {b0['peak_mem_mb']:.2f} MB, FLOPs per decision "
                 f"x{best['flops'] / b0['flops']:.2f}, training step {best['train_step_ms']:.0f} ms vs "
                 f"{b0['train_step_ms']:.0f} ms")
         if rec is not None:
-            mine = rows[rows["compressor"] == rec]
+            mine = rows[rows["compressor"] == rec].sort_values("share_mean", ascending=False)
             line += (f"; 03 recommends `{rec}`: " + (f"{mine['share_mean'].iloc[0]:.0%}"
                                                      + (" (the best)" if rec == best["compressor"] else "")
                                                      if len(mine) else "not in this study"))
@@ -288,7 +320,7 @@ def markdown_summary(df: pd.DataFrame) -> str:
     base = s[(s["compressor"] == "none") & (s["mode"] == RETRAINED)]
     ref = float(base["flops"].iloc[0]) if len(base) else float("nan")
     view = pd.DataFrame({
-        "compressor": s["compressor"], "budget": s["budget"], "mode": s["mode"], "seeds": s["seeds"],
+        "compressor": s["compressor"], "budget": s["budget"], "mode": s["mode"], "kv": s["kv"], "seeds": s["seeds"],
         "return": plus_minus(s["return_mean"], s["return_std"], ".2f"),
         "share of full": plus_minus(100 * s["share_mean"], 100 * s["share_std"], ".0f", " %"),
         "train step ms": s["train_step_ms"], "train peak MB": s["train_peak_mem_mb"],
@@ -298,15 +330,15 @@ def markdown_summary(df: pd.DataFrame) -> str:
     return markdown_table(view)
 
 
-def best_cell(df: pd.DataFrame) -> tuple[str, int]:
-    """``(compressor, budget)`` of the retrained cell with the best mean share at the smallest budget."""
+def best_cell(df: pd.DataFrame) -> tuple[str, int, str]:
+    """``(compressor, budget, kv)`` of the retrained cell with the best mean share at the smallest budget."""
     s = summary(df)
     s = s[(s["mode"] == RETRAINED) & (s["compressor"] != "none")]
     if s.empty:
         raise ValueError("no retrained compressed cell in the table yet")
     smallest = s[s["budget"] == s["budget"].min()]
     best = smallest.sort_values("share_mean", ascending=False).iloc[0]
-    return str(best["compressor"]), int(best["budget"])
+    return str(best["compressor"]), int(best["budget"]), str(best["kv"])
 
 
 def write_outputs(df: pd.DataFrame, run: Run) -> list[Path]:
@@ -322,15 +354,17 @@ def write_outputs(df: pd.DataFrame, run: Run) -> list[Path]:
                    "tensor memory incl. the key/value cache for `none`), per environment step of the rollout, a "
                    "training step without the update (batch, compression, forward, backward); FLOPs of a whole "
                    "decision (projections, attention, MLP, head) relative to the cached full context.\n")
-    name, budget = best_cell(df)
+    name, budget, kv = best_cell(df)
     seed = int(df.loc[(df["compressor"] == name) & (df["mode"] == MODE), "seed"].min())
     figures = {"return_vs_budget_modes.png": lambda: plot_modes(df), "pareto.png": lambda: plot_pareto(df),
-               "attention_compressed.png": lambda: plot_attention_shift(attention_shift(run, name, budget, seed))}
+               "attention_compressed.png": lambda: plot_attention_shift(attention_shift(run, name, budget, seed,
+                                                                                        kv=kv))}
     return [md, *(save_png(plot(), run.study / filename) for filename, plot in figures.items())]
 
 
 def compression_study(run: Run, compressors: Sequence[str] | None = None, budgets: Sequence[int] | None = None,
-                      seeds: Sequence[int] | None = None, progress: bool = True) -> pd.DataFrame:
+                      seeds: Sequence[int] | None = None, progress: bool = True,
+                      kvs: Sequence[str] | None = None) -> pd.DataFrame:
     """Both modes for the same cells: the training-free study (evaluation seeds ``seeds``), the
     retrained study, then ``RUN/study/results.csv``, ``results.md`` and the figures; returns the
     joined table. Resumable: finished cells of either mode are kept. Sized like
@@ -338,8 +372,8 @@ def compression_study(run: Run, compressors: Sequence[str] | None = None, budget
     st = run.cfg.study
     names = check_names(compressors or st.retrain_compressors or DEFAULT_COMPRESSORS, NOT_TRAINABLE)
     budgets = list(budgets) if budgets else st.transitions(st.retrain_budgets, run.cfg.model.n_transit)
-    training_free.training_free_study(run, names, budgets, seeds, progress=progress)
-    retrained_study(run, names, budgets, seeds, progress)
+    training_free.training_free_study(run, names, budgets, seeds, progress=progress, kvs=kvs)
+    retrained_study(run, names, budgets, seeds, progress, kvs)
     df = results_table(run)
     write_outputs(df, run)
     return df
@@ -349,24 +383,32 @@ def compression_study(run: Run, compressors: Sequence[str] | None = None, budget
 
 
 @torch.no_grad()
-def attention_shift(run: Run, name: str, budget: int, seed: int = 0, contexts: int = 64) -> pd.DataFrame:
+def attention_shift(run: Run, name: str, budget: int, seed: int = 0, contexts: int = 64,
+                    kv: str = "reencode") -> pd.DataFrame:
     """Where the decision's attention goes (layer- and head-resolved means over ``contexts``
     training windows): the run's full model on full windows, and the retrained ``name`` @
-    ``budget`` model on the same windows compressed as it was trained. One row per model,
+    ``budget`` model on the same windows compressed as it was trained (``kv``: re-encoded, or
+    whole under the evicting cache's keep mask). One row per model,
     layer and distance back (in transitions) with the mean attention there relative to
     uniform (mass x visible tokens: 1 means as much as every visible token gets on average,
     so contexts of different lengths compare)."""
     full = load(run.require(run.weights, "train"))
-    cell = Run.open(run.require(run.cell(name, budget, seed), "study"))
+    cell = Run.open(run.require(run.cell(name, budget, seed, kv), "study"))
     small = load(cell.weights)
     h = load_for(run.cfg, run.require(run.histories, "collect"))
     inputs = window_contexts(run.cfg, h, contexts, seed=seed).inputs  # (B, n_transit, ·)
     compressor = window_compressor(cell.cfg, scorer=full)
-    kept = compress_window(compressor, inputs, small.positions, full, torch.Generator().manual_seed(seed))
+    gen = torch.Generator().manual_seed(seed)
+    if kv == "evict":  # the whole window, each query masked to what the cache holds there
+        feed = query_attention(full, inputs) if compressor.needs_attention else None
+        kept, keep = inputs, keep_mask(compressor, inputs, run.cfg.model.n_transit, feed, gen)
+    else:
+        kept, keep = compress_window(compressor, inputs, small.positions, full, gen), None
+    small_label = f"{name} @ {budget} (retrained{', evicting cache' if kv == 'evict' else ''})"
     rows = []
-    for label, model, tokens in (("full context", full, inputs), (f"{name} @ {budget} (retrained)", small, kept)):
-        _, cache = model.run_with_cache(**tokens, names="hook_pattern")
-        visible = tokens.length
+    for label, model, tokens, mask in (("full context", full, inputs, None), (small_label, small, kept, keep)):
+        _, cache = model.run_with_cache(**tokens, names="hook_pattern", keep=mask)
+        visible = tokens.length if mask is None else budget + 1
         pattern = visible * cache.stack("pattern")[:, :, :, -1, :-1].mean(2)  # (layer, B, H, L, L) -> (layer, B, L - 1)
         back = (tokens.positions[:, -1:] - tokens.positions[:, :-1]).numpy()  # (B, L - 1) steps back
         for layer, rel in enumerate(pattern.numpy()):
@@ -377,16 +419,17 @@ def attention_shift(run: Run, name: str, budget: int, seed: int = 0, contexts: i
 
 
 def episode_curves(run: Run, table: pd.DataFrame) -> dict[tuple[str, int], np.ndarray]:
-    """Per retrained cell (compressor, budget): the per-seed mean return per episode ``(seeds, episodes)``."""
+    """Per retrained cell (compressor, budget): the per-seed mean return per episode ``(seeds, episodes)``;
+    a cell trained for an evicting cache is named ``{compressor} evict``."""
     curves = {}
-    for (name, budget), g in table[table["mode"] == RETRAINED].groupby(["compressor", "budget"]):
+    for (name, budget, kv), g in table[table["mode"] == RETRAINED].groupby(["compressor", "budget", "kv"]):
         runs = []
         for seed in sorted(g["seed"]):
-            path = run.cell(name, int(budget), int(seed)) / "returns.csv"
+            path = run.cell(name, int(budget), int(seed), kv) / "returns.csv"
             if path.exists():
                 runs.append(pd.read_csv(path).groupby("episode")["return"].mean().to_numpy())
         if runs:
-            curves[name, int(budget)] = np.array(runs)
+            curves[f"{name} evict" if kv == "evict" else name, int(budget)] = np.array(runs)
     return curves
 
 

@@ -16,11 +16,11 @@ def plus_minus(mean: pd.Series, std: pd.Series, fmt: str, unit: str = "") -> lis
 
 
 def summary_table(df: pd.DataFrame) -> pd.DataFrame:
-    """Per compressor x budget: means (and std over seeds) of return, share of the full-context
+    """Per compressor x budget x kv: means (and std over seeds) of return, share of the full-context
     return (on the same protocol), agreement, KL and cost; baselines first, then by budget
     (largest first) and share (best first)."""
     df = df.assign(share=share(df))
-    g = df.groupby(["compressor", "budget"])
+    g = df.groupby(["compressor", "budget", "kv"])
     out = g.agg(seeds=("seed", "nunique"), tasks=("tasks", "first"), episodes=("episodes", "first"),
                 return_mean=("return", "mean"), return_std=("return", "std"), share_mean=("share", "mean"),
                 share_std=("share", "std"), agreement=("agreement", "mean"), kl=("kl", "mean"),
@@ -33,10 +33,10 @@ def summary_table(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def summary(df: pd.DataFrame) -> pd.DataFrame:
-    """Per compressor x budget x mode: return and share of the full-context return (mean and
+    """Per compressor x budget x mode x kv: return and share of the full-context return (mean and
     std over seeds), and the mean costs; budgets largest first, best share first."""
     df = df.assign(share=share(df))
-    g = df.groupby(["compressor", "budget", "mode"])
+    g = df.groupby(["compressor", "budget", "mode", "kv"])
     out = g.agg(seeds=("seed", "nunique"), return_mean=("return", "mean"), return_std=("return", "std"),
                 share_mean=("share", "mean"), share_std=("share", "std"), train_step_ms=("train_step_ms", "mean"),
                 train_peak_mem_mb=("train_peak_mem_mb", "mean"), rollout_step_ms=("rollout_step_ms", "mean"),

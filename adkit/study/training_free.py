@@ -1,8 +1,12 @@
 """Training-free compression study: what compressing the context costs a full-context model, measured.
 
 The model of a run (notebook 01) is evaluated, unchanged, with its context
-compressed at every decision. One *cell* is one compressor x budget x evaluation
-seed on the held-out tasks (one stream per task, seeded by the seed):
+compressed at every decision. One *cell* is one compressor x budget x ``kv`` x evaluation
+seed on the held-out tasks (one stream per task, seeded by the seed); ``kv`` says how the
+compressed context is kept: ``reencode`` (the kept transitions re-encoded at every decision)
+or ``evict`` (an evicting key/value cache of ``budget`` entries, :mod:`adkit.compress.evict`;
+strategies without an eviction form have no such cells). The baselines' ``kv`` is their
+backend: ``cache`` for ``none``, ``recompute`` for ``full``.
 
 * ``return``: mean episode return of in-context rollouts whose every decision sees
   the compressed context (:func:`adkit.model.evaluate.rollout` with
@@ -18,7 +22,8 @@ seed on the held-out tasks (one stream per task, seeded by the seed):
   for ``none`` the whole history is re-encoded under the sliding window (the same function
   computed another way: agreement 1 and KL 0 up to float rounding check the cache), and for
   ``full`` the last ``n_transit`` transitions (DICP's re-encode, another function once the
-  model has 2 or more layers and the stream outgrows the window).
+  model has 2 or more layers and the stream outgrows the window); an ``evict`` cell's cache
+  is stepped through the reference's whole stream and read at the same decisions.
 * cost: ``rollout_step_ms``, the compressed rollout's wall-clock per environment step
   (all its streams batched; includes the first ``n_transit`` steps of shorter contexts
   and the environment); ``decision_ms`` and ``peak_mem_mb``, one steady-state decision
@@ -62,21 +67,23 @@ from adkit import compress, envs
 from adkit.analysis.insights import kl, markdown_table
 from adkit.compress.context import build, compressed_logits
 from adkit.compress.cost import decision_cost
+from adkit.compress.evict import NOT_EVICTABLE
 from adkit.data.tokens import INPUTS, Tokens
-from adkit.io import write_text
+from adkit.io import atomic_path, write_text
 from adkit.model.checkpoint import load
 from adkit.model.evaluate import RolloutResult, rollout
 from adkit.plots import save_png
 from adkit.run import Run
 from adkit.study.cells import check_budgets, check_names, profile_kwargs, read_table, run_cells
-from adkit.study.figures import plot_return_vs_budget
+from adkit.study.figures import plot_cost, plot_return_vs_budget
 from adkit.study.summaries import BASELINES, TRAINING_FREE, plus_minus, summary_table
 
 MODE = TRAINING_FREE
-KEY = ["compressor", "budget", "seed"]
+KEY = ["compressor", "budget", "kv", "seed"]
 COLUMNS = KEY + ["mode", "backend", "tasks", "episodes", "return", "full_return", "optimal", "agreement", "kl",
                  "contexts", "context_tokens", "rollout_step_ms", "decision_ms", "peak_mem_mb", "note"]
-TABLE, SUMMARY, FIGURE = "training_free.csv", "training_free.md", "return_vs_budget.png"
+TABLE, SUMMARY, FIGURE, COST_FIGURE = "training_free.csv", "training_free.md", "return_vs_budget.png", "cost.png"
+BASELINE_KV = {"none": "cache", "full": "recompute"}  # the baselines' backends, in the kv column
 
 
 @dataclass(frozen=True)
@@ -177,10 +184,11 @@ def reference(model, env_name: str, tasks, seed: int, episodes: int, decisions: 
 
 
 @torch.no_grad()
-def cached_logits(model, traj, steps: list[int]) -> Tensor:
-    """``(S * D, A)``: the rolling cache's logits at decision ``steps`` of every stream of ``traj``
-    (stream-major, as the recorded contexts are)."""
-    cache, want, out = model.new_cache(traj.actions.shape[0]), set(steps), {}
+def cached_logits(model, traj, steps: list[int], cache=None) -> Tensor:
+    """``(S * D, A)``: a cache's logits (default the rolling cache's) at decision ``steps`` of every
+    stream of ``traj`` (stream-major, as the recorded contexts are)."""
+    cache = model.new_cache(traj.actions.shape[0]) if cache is None else cache
+    want, out = set(steps), {}
     for t in range(1, max(steps) + 1):
         logits = model.step(cache, *traj.token(t - 1))  # (S, A)
         if t in want:
@@ -190,9 +198,9 @@ def cached_logits(model, traj, steps: list[int]) -> Tensor:
 
 @torch.no_grad()
 def run_cell(model, env_name: str, tasks, ref: Reference, name: str, budget: int, seed: int,
-             protocol: Protocol = Protocol()) -> dict:
-    """One row of the table: ``name`` at ``budget`` on evaluation seed ``seed`` (see the module doc),
-    on ``protocol`` within the reference's (all its tasks, episodes and contexts)."""
+             protocol: Protocol = Protocol(), kv: str = "reencode") -> dict:
+    """One row of the table: ``name`` at ``budget`` kept as ``kv`` says on evaluation seed ``seed``
+    (see the module doc), on ``protocol`` within the reference's (all its tasks, episodes and contexts)."""
     full = ref.protocol()
     p = protocol.within(full)
     pick = spread(full.contexts, p.contexts)
@@ -207,22 +215,29 @@ def run_cell(model, env_name: str, tasks, ref: Reference, name: str, budget: int
         res = ref.result
     else:
         res = rollout(model, env_name, tasks[:p.tasks], seeds=[seed], episodes=p.episodes, progress=False,
-                      **({"backend": "recompute"} if name == "full" else {"compressor": compressor}))
+                      **({"backend": "recompute"} if name == "full" else {"compressor": compressor, "kv": kv}))
     if name == "none":  # the full context, computed another way than the reference's cache
         logits, tokens = ref.whole_history_logits(model)[pick], model.cfg.n_transit
+    elif kv == "evict":  # the evicting cache stepped through the reference's streams
+        cache = model.new_evicting_cache(len(tasks), compressor, generator=gen)
+        logits, tokens = cached_logits(model, ref.result.trajectories, ref.steps, cache)[pick], budget + 1
     else:  # "full": DICP's re-encode of the last n_transit; else the compressed context
         logits, tokens = compressed_logits(model, contexts, compressor, gen)
     logq = logits.double().log_softmax(-1)
     logp = ref.logits[pick].double().log_softmax(-1)
-    ms, mb = decision_cost(model, ref.probe.rows(slice(0, p.tasks)), name, compressor, gen)
+    ms, mb = decision_cost(model, ref.probe.rows(slice(0, p.tasks)), name, compressor, gen, kv=kv)
     notes = {"none": "full context, rolling key/value cache (reference)",
-             "full": "full context re-encoded every step (DICP)"}
+             "full": "DICP's hard context: the last n_transit re-encoded every step"}
     note = notes.get(name, "full protocol" if p == full else "reduced protocol (costly compressor)")
+    if kv == "evict":
+        note += "; evicting key/value cache"
+
     if name == "profile":
         note += f"; rule {ref.extra[name]['rule']}, size {ref.extra[name]['size']}"
     return {
-        "compressor": name, "budget": budget, "seed": seed, "mode": MODE,
-        "backend": "cache" if name == "none" else "recompute", "tasks": p.tasks, "episodes": p.episodes,
+        "compressor": name, "budget": budget, "kv": BASELINE_KV.get(name, kv), "seed": seed, "mode": MODE,
+        "backend": "cache" if name == "none" or kv == "evict" else "recompute",
+        "tasks": p.tasks, "episodes": p.episodes,
         "return": float(res.returns.mean()),
         "full_return": float(base.mean()),
         "optimal": float(res.optimal[:p.tasks].mean()),
@@ -246,9 +261,22 @@ def _check_protocol(rows: list[dict], path: Path, reduced: dict[str, Protocol], 
                              "remove the file or pass another out=")
 
 
+def upgrade_table(path: Path) -> None:
+    """Give a table written before the ``kv`` column its values (re-encoding, or the baselines' backends)."""
+    if not path.exists():
+        return
+    df = pd.read_csv(path)
+    if "kv" in df.columns:
+        return
+    df["kv"] = [BASELINE_KV.get(c, "reencode") for c in df["compressor"]]
+    with atomic_path(path) as tmp:
+        df[COLUMNS].to_csv(tmp, index=False)
+
+
 def training_free_study(run: Run, compressors: Sequence[str] | None = None, budgets: Sequence[int] | None = None,
                         seeds: Sequence[int] | None = None, reduced: dict[str, Protocol] | None = None,
-                        out: str | Path | None = None, progress: bool = True) -> pd.DataFrame:
+                        out: str | Path | None = None, progress: bool = True,
+                        kvs: Sequence[str] | None = None) -> pd.DataFrame:
     """Run (or resume) the training-free study of a run; returns the whole table.
 
     Sized by the run's ``study`` config unless given: ``compressors`` (registry names; default
@@ -256,7 +284,9 @@ def training_free_study(run: Run, compressors: Sequence[str] | None = None, budg
     ``n_transit``, are always added), ``budgets`` (transitions kept; default ``study.budgets``
     as fractions of ``n_transit``), ``seeds`` (evaluation seeds; default ``range(study.seeds)``),
     ``study.episodes`` per rollout and ``study.decisions`` recorded decisions per stream for
-    agreement and KL. ``reduced``: cheaper protocols per compressor (default :data:`REDUCED`).
+    agreement and KL, ``kvs`` (default ``study.kv``: how compressed contexts are kept; ``evict``
+    cells only for strategies with an eviction form). ``reduced``: cheaper protocols per compressor
+    (default :data:`REDUCED`).
     ``out``: the table (default ``RUN/study/training_free.csv``); finished cells in it are kept,
     not recomputed; rows made with another protocol raise ``ValueError``.
     """
@@ -269,23 +299,29 @@ def training_free_study(run: Run, compressors: Sequence[str] | None = None, budg
     episodes = st.episodes or cfg.eval.episodes
     reduced = REDUCED if reduced is None else reduced
     tasks = run.test_tasks
+    kvs = list(kvs or st.kv)
+    if not kvs or set(kvs) - {"reencode", "evict"}:
+        raise ValueError(f"kv must be 'reencode' and/or 'evict', got {kvs}")
     path = Path(out) if out else run.study / TABLE
+    upgrade_table(path)
     steps = decision_steps(n, episodes * envs.spec(cfg.env.name).horizon, st.decisions)
     _check_protocol(read_table(path, COLUMNS).to_dict("records"), path, reduced,
                     Protocol(len(tasks), episodes, len(tasks) * len(steps)))
-    cells = [(s, c, b) for i, s in enumerate(seeds) for c in [*BASELINES, *names]
+    cells = [(s, c, b, BASELINE_KV.get(c, kv)) for i, s in enumerate(seeds) for c in [*BASELINES, *names]
              if i < (reduced.get(c, Protocol()).seeds or len(seeds))
-             for b in ([n] if c in BASELINES else budgets)]
+             for b in ([n] if c in BASELINES else budgets)
+             for kv in ([None] if c in BASELINES else [k for k in kvs if k == "reencode" or c not in NOT_EVICTABLE])]
     refs: dict[int, Reference] = {}  # the latest seed's reference (cells come seed by seed)
 
-    def compute(seed: int, name: str, budget: int) -> dict:
+    def compute(seed: int, name: str, budget: int, kv: str) -> dict:
         if seed not in refs:
             refs.clear()
             refs[seed] = reference(model, cfg.env.name, tasks, seed, episodes, st.decisions)
-        return run_cell(model, cfg.env.name, tasks, refs[seed], name, budget, seed, reduced.get(name, Protocol()))
+        return run_cell(model, cfg.env.name, tasks, refs[seed], name, budget, seed, reduced.get(name, Protocol()),
+                        "reencode" if name in BASELINES else kv)
 
-    return run_cells(path, COLUMNS, cells, lambda r: (int(r["seed"]), r["compressor"], int(r["budget"])), compute,
-                     desc="training-free study", progress=progress)
+    return run_cells(path, COLUMNS, cells, lambda r: (int(r["seed"]), r["compressor"], int(r["budget"]), r["kv"]),
+                     compute, desc="training-free study", progress=progress)
 
 
 # ---- summaries ---------------------------------------------------------------------------------------
@@ -295,7 +331,7 @@ def markdown_summary(df: pd.DataFrame) -> str:
     """The summary as a markdown table: mean ± std over seeds, share of the full-context return."""
     s = summary_table(df)
     view = pd.DataFrame({
-        "compressor": s["compressor"], "budget": s["budget"], "seeds": s["seeds"],
+        "compressor": s["compressor"], "budget": s["budget"], "kv": s["kv"], "seeds": s["seeds"],
         "return": plus_minus(s["return_mean"], s["return_std"], ".2f"),
         "share of full": plus_minus(100 * s["share_mean"], 100 * s["share_std"], ".0f", " %"),
         "agreement": s["agreement"], "KL": s["kl"], "tokens": s["context_tokens"],
@@ -305,12 +341,13 @@ def markdown_summary(df: pd.DataFrame) -> str:
     return markdown_table(view)
 
 
-def write_outputs(df: pd.DataFrame, out_dir: str | Path) -> tuple[Path, Path]:
-    """Write the markdown summary and the return-vs-budget figure into ``out_dir``."""
+def write_outputs(df: pd.DataFrame, out_dir: str | Path) -> tuple[Path, Path, Path]:
+    """Write the markdown summary, the return-vs-budget figure and the return-against-cost figure
+    into ``out_dir``."""
     out_dir = Path(out_dir)
     md = out_dir / SUMMARY
     write_text(md, f"# Training-free compression study\n\n{markdown_summary(df)}\n\n"
                    "Share: return / full-context return on the same tasks and episodes (mean ± sample std over "
                    "seeds). Peak MB: net tensor allocations during one decision (torch.profiler), plus the "
                    "key/value cache for `none`.\n")
-    return md, save_png(plot_return_vs_budget(df), out_dir / FIGURE)
+    return md, save_png(plot_return_vs_budget(df), out_dir / FIGURE), save_png(plot_cost(df), out_dir / COST_FIGURE)

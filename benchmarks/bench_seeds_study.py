@@ -1,0 +1,95 @@
+"""The training-free compression study over several training seeds: per budget the best strategy,
+its spread, and whether the strategy recommended from the attention beats ``random`` by more
+than the spread.
+
+    OMP_NUM_THREADS=1 python benchmarks/bench_seeds_study.py \
+        --runs results/key-to-door/seed0 results/key-to-door/seed1 results/key-to-door/seed2 \
+        --budgets 50 25 --kv evict --episodes 50 [--compressors recency h2o ...] [--out results/k2d-study.csv]
+
+Each run (one training seed of a profile, e.g. the run folders ``bench_incontext.py`` keeps) gets
+:func:`adkit.study.training_free.training_free_study` on its held-out tasks with evaluation seed 0,
+into its own ``RUN/study/training_free.csv`` (resumable: finished cells are kept). Shares are each
+cell's return over the same run's full-context return on the same streams; spread is over the
+training seeds (sample std, ddof=1, and min-max). The recommended strategy is the one notebook 03
+recommends most often across layers of each run (``RUN/attention/insights.json``; ``adkit attention``
+writes it), else ``--recommended``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from collections import Counter
+
+import pandas as pd
+
+from adkit.analysis.insights import markdown_table
+from adkit.paths import resolve
+from adkit.run import Run
+from adkit.study.cells import share
+from adkit.study.retrained import recommended
+from adkit.study.training_free import study_compressors, training_free_study
+
+
+def per_seed(run_dirs: list[str], compressors, budgets, kvs, episodes: int) -> pd.DataFrame:
+    tables = []
+    for i, d in enumerate(run_dirs):
+        run = Run.open(resolve(d))
+        run = run.with_config(dataclasses.replace(run.cfg, study=dataclasses.replace(run.cfg.study, episodes=episodes)))
+        df = training_free_study(run, compressors, budgets, seeds=[0], kvs=kvs, reduced={})
+        tables.append(df.assign(run=str(d), train_seed=i, share=share(df)))
+        print(f"{d}: {len(df)} cells", flush=True)
+    return pd.concat(tables, ignore_index=True)
+
+
+def spread_table(df: pd.DataFrame) -> pd.DataFrame:
+    """Per compressor x budget x kv over training seeds: share mean, sample std, min and max."""
+    g = df.groupby(["compressor", "budget", "kv"])["share"]
+    out = g.agg(seeds="count", mean="mean", std="std", low="min", high="max").reset_index()
+    return out.sort_values(["budget", "mean"], ascending=[False, False]).reset_index(drop=True)
+
+
+def verdicts(table: pd.DataFrame, rec: str) -> list[str]:
+    lines = []
+    for (budget, kv), g in table[~table["compressor"].isin(["none", "full"])].groupby(["budget", "kv"], sort=False):
+        best = g.iloc[0]
+        line = (f"K={budget} ({kv}): best `{best['compressor']}` {100 * best['mean']:.1f} ± {100 * best['std']:.1f}% "
+                f"({100 * best['low']:.0f}-{100 * best['high']:.0f}%)")
+        mine, rand = g[g["compressor"] == rec], g[g["compressor"] == "random"]
+        if len(mine) and len(rand):
+            margin = mine["mean"].iloc[0] - rand["mean"].iloc[0]
+            spread = max(mine["std"].iloc[0], rand["std"].iloc[0])
+            line += (f"; recommended `{rec}` {100 * mine['mean'].iloc[0]:.1f}% vs random "
+                     f"{100 * rand['mean'].iloc[0]:.1f}%: {'beats' if margin > spread else 'does NOT beat'} "
+                     "random by more than the spread "
+                     f"({100 * margin:+.1f} vs {100 * spread:.1f} points)")
+        lines.append(line)
+    return lines
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--runs", nargs="+", required=True, help="run directories, one per training seed")
+    p.add_argument("--budgets", type=int, nargs="+", required=True, help="transitions kept")
+    p.add_argument("--kv", nargs="+", choices=["reencode", "evict"], default=["evict"])
+    p.add_argument("--compressors", nargs="+", default=None, help="default: every strategy")
+    p.add_argument("--episodes", type=int, default=50)
+    p.add_argument("--recommended", default="attention", help="when a run has no insights.json")
+    p.add_argument("--out", default=None, help="also write every cell of every run here (CSV)")
+    args = p.parse_args()
+    compressors = args.compressors or [c for c in study_compressors() if c != "oracle"]
+    df = per_seed(args.runs, compressors, args.budgets, args.kv, args.episodes)
+    recs = [recommended(Run.open(resolve(d))) for d in args.runs]
+    rec = Counter(r for r in recs if r).most_common(1)[0][0] if any(recs) else args.recommended
+    table = spread_table(df)
+    print(f"\nshare of the full-context return over {len(args.runs)} training seeds (evaluation seed 0, "
+          f"{args.episodes} episodes, held-out tasks):")
+    print(markdown_table(table))
+    print(f"\nrecommended from the attention: `{rec}` (per run: {recs})")
+    print("\n".join(verdicts(table, rec)))
+    if args.out:
+        df.to_csv(resolve(args.out), index=False)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,140 @@
+"""The evicting key/value cache: a per-query keep mask computes exactly what the cache does, the
+cache holds at most K, eviction is per row, positions stay the original ones, bad budgets fail."""
+
+import copy
+import dataclasses
+
+import pytest
+import torch
+
+from adkit.compress import make
+from adkit.compress.evict import Evictor, keep_mask
+from adkit.data.tokens import STEP_INPUTS, Tokens
+from adkit.model import ADTransformer, ModelConfig
+
+WINDOW, K, L = 8, 3, 30  # the model's window, the cache's budget, a stream longer than the window
+PLAIN = ["recency", "sink-recent", "uniform", "random", "exponential", "reward-recent"]
+SCORED = ["attention", "h2o", "snapkv", "adaptive"]
+KW = {"sink-recent": {"n_sink": 1}, "snapkv": {"window": 2, "pool": 1}}
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    cfg = ModelConfig(n_transit=WINDOW, tf_n_embd=16, tf_n_layer=3, tf_n_head=2, tf_n_inner=32,
+                      episode_step=True, episode_return=True)
+    return ADTransformer(cfg, "key-to-door").eval()
+
+
+def stream(B=3, seed=0) -> Tokens:
+    g = torch.Generator().manual_seed(seed)
+    rewards = (torch.rand(B, L, generator=g) < 0.2).float()
+    return Tokens(states=torch.randint(0, 9, (B, L, 2), generator=g), actions=torch.randint(0, 5, (B, L), generator=g),
+                  rewards=rewards, next_states=torch.randint(0, 9, (B, L, 2), generator=g),
+                  queries=torch.randint(0, 9, (B, L, 2), generator=g),
+                  positions=torch.arange(L).expand(B, L), episode_return=rewards.cumsum(1).clamp_max(2))
+
+
+def feed_pattern(B=3) -> torch.Tensor:
+    """(B, L, L) causal row-stochastic scores, as a scorer's attention would be."""
+    logits = torch.randn(B, L, L, generator=torch.Generator().manual_seed(1)) * 3
+    return logits.masked_fill(torch.ones(L, L, dtype=torch.bool).triu(1), -torch.inf).softmax(-1)
+
+
+def evicting_rollout(model, tokens: Tokens, cache, after_step=None) -> torch.Tensor:
+    """(B, L, A) logits of stepping ``tokens`` through ``cache`` one decision at a time."""
+    out = []
+    for p in range(tokens.length):
+        out.append(model.step(cache, *(tokens[k][:, p] for k in STEP_INPUTS)))
+        if after_step:
+            after_step(cache)
+    return torch.stack(out, 1)
+
+
+@pytest.mark.parametrize("name", PLAIN + SCORED)
+def test_masked_forward_equals_the_evicting_rollout(model, name):
+    tokens = stream()
+    feed = feed_pattern() if name in SCORED else None
+    c = make(name, K, **KW.get(name, {}))
+    cache = model.new_evicting_cache(3, c, feed=feed, generator=torch.Generator().manual_seed(5))
+    rolled = evicting_rollout(model, tokens, cache)
+    mask = keep_mask(c, tokens, WINDOW, feed=feed, generator=torch.Generator().manual_seed(5))
+    assert mask.sum(-1).max() == K + 1  # K cached + the query's own token
+    torch.testing.assert_close(model(**tokens, keep=mask), rolled, atol=1e-5, rtol=0)
+
+
+def test_cache_never_holds_more_than_k_and_evicts_per_row(model):
+    tokens = stream()
+    held = []
+    cache = model.new_evicting_cache(3, make("reward-recent", K))
+    evicting_rollout(model, tokens, cache, lambda c: held.append(c.evictor.held()))
+    assert held == [min(p + 1, K) for p in range(L)]
+    assert cache.k[0].shape[2] == K + 1  # K kept + the deciding token's slot
+    kept = cache.evictor.index.sort(-1).values[:, 1:]  # (B, K) tokens held after the last decision (one slot free)
+    window = range(L - WINDOW + 1, L)  # what the next decision's window still holds
+    for b in range(3):  # each row keeps its own most recent rewarded transitions, then its most recent others
+        rewarded = [i for i in window if tokens["rewards"][b, i] > 0][-K:]
+        others = [i for i in window if tokens["rewards"][b, i] == 0]
+        fill = K - len(rewarded)
+        assert kept[b].tolist() == sorted(rewarded + (others[-fill:] if fill else []))
+    assert len({tuple(r) for r in kept.tolist()}) > 1
+
+
+def test_recency_keeps_original_positions(model):
+    """Recency with K is a sliding window of K + 1 at the stream's own positions: the same weights
+    with n_transit = K + 1 compute it, over the whole stream."""
+    tokens = stream()
+    rolled = evicting_rollout(model, tokens, model.new_evicting_cache(3, make("recency", K)))
+    short = copy.deepcopy(model)
+    short.cfg = dataclasses.replace(model.cfg, n_transit=K + 1)
+    torch.testing.assert_close(short(**tokens), rolled, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("name", ["h2o", "random", "sink-recent"])
+def test_a_budget_of_the_whole_window_is_the_rolling_cache(model, name):
+    tokens = stream()
+    rolled = evicting_rollout(model, tokens, model.new_evicting_cache(3, make(name, WINDOW - 1)))
+    full = evicting_rollout(model, tokens, model.new_cache(3))
+    torch.testing.assert_close(rolled, full, atol=1e-5, rtol=0)
+
+
+def test_tova_evicts_the_entry_the_deciding_query_attends_to_least(model):
+    tokens = stream()
+    cache = model.new_evicting_cache(3, make("attention", K))
+    for p in range(K):  # fill the cache
+        model.step(cache, *(tokens[k][:, p] for k in STEP_INPUTS))
+    patterns = []
+    with model.hooks([(lambda n: n.endswith("hook_pattern"), lambda a, hook: patterns.append(a))]):
+        before = cache.evictor.index.clone()
+        model.step(cache, *(tokens[k][:, K] for k in STEP_INPUTS))
+    least = torch.stack(patterns).mean((0, 2))[:, 0].argmin(-1)  # (B,) slot of least layer- and head-mean attention
+    assert (before >= 0).sum().item() == 3 * K
+    assert torch.where(cache.evictor.index < 0)[1].tolist() == least.tolist()  # the one free slot per row
+
+
+@pytest.mark.parametrize("budget", [WINDOW, WINDOW + 5])
+def test_budget_above_the_window_fails(model, budget):
+    with pytest.raises(ValueError, match=f"keeps 1..{WINDOW - 1} transitions"):
+        model.new_evicting_cache(2, make("recency", budget))
+
+
+def test_zero_budget_and_strategies_without_an_eviction_form_fail(model):
+    with pytest.raises(ValueError, match="must be an integer >= 1, got 0"):
+        make("recency", 0)
+    for name, match in [("threshold", "varies per decision"), ("best-episode", "whole past episodes"),
+                        ("oracle", "re-running the model")]:
+        kw = {"horizon": 50} if name == "best-episode" else {"policy": print} if name == "oracle" else {}
+        with pytest.raises(ValueError, match=match):
+            Evictor(make(name, K, **kw), 2, WINDOW)
+
+
+def test_replaying_attention_scores_needs_them_fed():
+    with pytest.raises(ValueError, match="needs the scores fed"):
+        keep_mask(make("h2o", K), stream(), WINDOW)
+
+
+def test_renumbered_models_have_no_evicting_cache():
+    m = ADTransformer(ModelConfig(n_transit=WINDOW, tf_n_embd=16, tf_n_layer=2, tf_n_head=2, tf_n_inner=32),
+                      positions="renumber")
+    with pytest.raises(ValueError, match="original rotary position"):
+        m.new_evicting_cache(2, make("recency", K))
