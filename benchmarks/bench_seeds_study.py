@@ -5,6 +5,7 @@ than the spread.
     OMP_NUM_THREADS=1 python benchmarks/bench_seeds_study.py \
         --runs results/key-to-door/seed0 results/key-to-door/seed1 results/key-to-door/seed2 \
         --budgets 50 25 --kv evict --episodes 50 [--compressors recency h2o ...] [--out results/k2d-study.csv]
+        [--retrain reward-recent]
 
 Each run (one training seed of a profile, e.g. the run folders ``bench_incontext.py`` keeps) gets
 :func:`adkit.study.training_free.training_free_study` on its held-out tasks with evaluation seed 0,
@@ -13,6 +14,12 @@ cell's return over the same run's full-context return on the same streams; sprea
 training seeds (sample std, ddof=1, and min-max). The recommended strategy is the one notebook 03
 recommends most often across layers of each run (``RUN/attention/insights.json``; ``adkit attention``
 writes it), else ``--recommended``.
+
+``--retrain NAME`` also trains NAME again for an evicting cache at each budget (``compress.kv: evict``,
+per-query keep masks; each run's own config, training seed and steps) and evaluates it with that
+cache on the run's ``eval.seeds`` streams per held-out task; its share is over the run's own
+full-context model on the same streams (the retrained study's ``none`` model would be that same
+model: same config, seed and steps). Cells train in ``RUN/study/retrained/`` and resume if interrupted.
 """
 
 from __future__ import annotations
@@ -24,10 +31,12 @@ from collections import Counter
 import pandas as pd
 
 from adkit.analysis.insights import markdown_table
+from adkit.model.checkpoint import load
+from adkit.model.evaluate import rollout
 from adkit.paths import resolve
 from adkit.run import Run
 from adkit.study.cells import share
-from adkit.study.retrained import recommended
+from adkit.study.retrained import recommended, run_cell
 from adkit.study.training_free import study_compressors, training_free_study
 
 
@@ -40,6 +49,24 @@ def per_seed(run_dirs: list[str], compressors, budgets, kvs, episodes: int) -> p
         tables.append(df.assign(run=str(d), train_seed=i, share=share(df)))
         print(f"{d}: {len(df)} cells", flush=True)
     return pd.concat(tables, ignore_index=True)
+
+
+def retrained_evict(run_dirs: list[str], name: str, budgets, episodes: int) -> pd.DataFrame:
+    """One retrained evicting-cache cell per run and budget, against the run's own full-context model."""
+    rows = []
+    for i, d in enumerate(run_dirs):
+        run = Run.open(resolve(d))
+        seed = run.cfg.train.seed
+        streams = [1000 * seed + j for j in range(run.cfg.eval.seeds)]  # the streams run_cell evaluates on
+        full = rollout(load(run.weights), run.cfg.env.name, run.test_tasks, seeds=streams, episodes=episodes,
+                       progress=False).returns.mean()
+        for budget in budgets:
+            row = run_cell(run, name, budget, seed, "evict", run.cfg.train.steps, episodes, {}, progress=True)
+            rows.append({**row, "mode": "retrained", "full_return": float(full), "run": str(d), "train_seed": i})
+            print(f"{d}: {name} @ {budget} retrained for the evicting cache: {row['return']:.3f} against "
+                  f"{full:.3f} full context ({100 * row['return'] / full:.1f}%)", flush=True)
+    df = pd.DataFrame(rows)
+    return df.assign(share=share(df))
 
 
 def spread_table(df: pd.DataFrame) -> pd.DataFrame:
@@ -76,6 +103,7 @@ def main() -> None:
     p.add_argument("--episodes", type=int, default=50)
     p.add_argument("--recommended", default="attention", help="when a run has no insights.json")
     p.add_argument("--out", default=None, help="also write every cell of every run here (CSV)")
+    p.add_argument("--retrain", default=None, help="also retrain this strategy for the evicting cache")
     args = p.parse_args()
     compressors = args.compressors or [c for c in study_compressors() if c != "oracle"]
     df = per_seed(args.runs, compressors, args.budgets, args.kv, args.episodes)
@@ -87,6 +115,11 @@ def main() -> None:
     print(markdown_table(table))
     print(f"\nrecommended from the attention: `{rec}` (per run: {recs})")
     print("\n".join(verdicts(table, rec)))
+    if args.retrain:
+        re_df = retrained_evict(args.runs, args.retrain, args.budgets, args.episodes)
+        print("\nretrained for the evicting cache, share of each run's full-context return on the same streams:")
+        print(markdown_table(spread_table(re_df)))
+        df = pd.concat([df, re_df], ignore_index=True)
     if args.out:
         df.to_csv(resolve(args.out), index=False)
 

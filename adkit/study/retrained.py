@@ -57,7 +57,7 @@ from adkit.compress.context import compress_window, query_attention
 from adkit.compress.cost import decision_cost, decision_flops, forward_flops, peak_allocated_mb, time_ms
 from adkit.compress.evict import NOT_EVICTABLE, keep_mask
 from adkit.data.collect import load_for
-from adkit.io import atomic_path, write_text
+from adkit.io import write_text
 from adkit.model.checkpoint import load
 from adkit.model.evaluate import rollout
 from adkit.model.train import Trainer, loss_and_accuracy, window_compressor
@@ -66,7 +66,7 @@ from adkit.run import Run
 from adkit.study import training_free
 from adkit.study.cells import check_budgets, check_names, profile_kwargs, read_table, run_cells, write_table
 from adkit.study.figures import plot_attention_shift, plot_modes, plot_pareto
-from adkit.study.summaries import RETRAINED, TRAINING_FREE, plus_minus, summary
+from adkit.study.summaries import RETRAINED, TRAINING_FREE, plus_minus, summary, upgrade_table
 
 MODE = RETRAINED
 KEY = ["compressor", "budget", "mode", "kv", "seed"]
@@ -177,18 +177,6 @@ def _with_full_return(rows: list[dict]) -> pd.DataFrame:
     return df
 
 
-def upgrade_table(path: Path, columns: Sequence[str], kv_of) -> None:
-    """Give a study table written before the ``kv`` column its values (``kv_of(row)``)."""
-    if not path.exists():
-        return
-    df = pd.read_csv(path)
-    if "kv" in df.columns:
-        return
-    df["kv"] = [kv_of(r) for r in df.to_dict("records")]
-    with atomic_path(path) as tmp:
-        df[list(columns)].to_csv(tmp, index=False)
-
-
 def retrained_study(run: Run, compressors: Sequence[str] | None = None, budgets: Sequence[int] | None = None,
                     seeds: Sequence[int] | None = None, progress: bool = True,
                     kvs: Sequence[str] | None = None) -> pd.DataFrame:
@@ -213,7 +201,7 @@ def retrained_study(run: Run, compressors: Sequence[str] | None = None, budgets:
     hist = run.require(run.histories, "collect")
     kvs = list(kvs or st.kv)
     path = run.study / TABLE
-    upgrade_table(path, COLUMNS, lambda r: "cache" if r["compressor"] == "none" else "reencode")
+    upgrade_table(path, COLUMNS)
     for r in read_table(path, COLUMNS).to_dict("records"):
         if int(r["train_steps"]) != steps or int(r["episodes"]) != episodes:
             raise ValueError(f"{path} holds cells made with {int(r['train_steps'])} training steps and "

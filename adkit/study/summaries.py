@@ -2,12 +2,32 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pandas as pd
 
+from adkit.io import atomic_path
 from adkit.study.cells import share
 
 TRAINING_FREE, RETRAINED = "training-free", "retrained"  # the two modes of the study
 BASELINES = ("none", "full")  # full context: rolling cache / re-encoded every step (budget = n_transit)
+BASELINE_KV = {"none": "cache", "full": "recompute"}  # the baselines' backends, in the kv column
+
+
+def with_kv(df: pd.DataFrame) -> pd.DataFrame:
+    """``df`` with a ``kv`` column: tables written before it re-encoded every compressed context."""
+    if "kv" in df.columns:
+        return df
+    return df.assign(kv=[BASELINE_KV.get(c, "reencode") for c in df["compressor"]])
+
+
+def upgrade_table(path: Path, columns) -> None:
+    """Rewrite a study table written before the ``kv`` column with it (:func:`with_kv`), atomically."""
+    if path.exists():
+        df = pd.read_csv(path)
+        if "kv" not in df.columns:
+            with atomic_path(path) as tmp:
+                with_kv(df)[list(columns)].to_csv(tmp, index=False)
 
 
 def plus_minus(mean: pd.Series, std: pd.Series, fmt: str, unit: str = "") -> list[str]:
@@ -19,7 +39,7 @@ def summary_table(df: pd.DataFrame) -> pd.DataFrame:
     """Per compressor x budget x kv: means (and std over seeds) of return, share of the full-context
     return (on the same protocol), agreement, KL and cost; baselines first, then by budget
     (largest first) and share (best first)."""
-    df = df.assign(share=share(df))
+    df = with_kv(df).assign(share=share(df))
     g = df.groupby(["compressor", "budget", "kv"])
     out = g.agg(seeds=("seed", "nunique"), tasks=("tasks", "first"), episodes=("episodes", "first"),
                 return_mean=("return", "mean"), return_std=("return", "std"), share_mean=("share", "mean"),
@@ -35,7 +55,7 @@ def summary_table(df: pd.DataFrame) -> pd.DataFrame:
 def summary(df: pd.DataFrame) -> pd.DataFrame:
     """Per compressor x budget x mode x kv: return and share of the full-context return (mean and
     std over seeds), and the mean costs; budgets largest first, best share first."""
-    df = df.assign(share=share(df))
+    df = with_kv(df).assign(share=share(df))
     g = df.groupby(["compressor", "budget", "mode", "kv"])
     out = g.agg(seeds=("seed", "nunique"), return_mean=("return", "mean"), return_std=("return", "std"),
                 share_mean=("share", "mean"), share_std=("share", "std"), train_step_ms=("train_step_ms", "mean"),

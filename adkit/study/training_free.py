@@ -69,21 +69,20 @@ from adkit.compress.context import build, compressed_logits
 from adkit.compress.cost import decision_cost
 from adkit.compress.evict import NOT_EVICTABLE
 from adkit.data.tokens import INPUTS, Tokens
-from adkit.io import atomic_path, write_text
+from adkit.io import write_text
 from adkit.model.checkpoint import load
 from adkit.model.evaluate import RolloutResult, rollout
 from adkit.plots import save_png
 from adkit.run import Run
 from adkit.study.cells import check_budgets, check_names, profile_kwargs, read_table, run_cells
 from adkit.study.figures import plot_cost, plot_return_vs_budget
-from adkit.study.summaries import BASELINES, TRAINING_FREE, plus_minus, summary_table
+from adkit.study.summaries import BASELINE_KV, BASELINES, TRAINING_FREE, plus_minus, summary_table, upgrade_table
 
 MODE = TRAINING_FREE
 KEY = ["compressor", "budget", "kv", "seed"]
 COLUMNS = KEY + ["mode", "backend", "tasks", "episodes", "return", "full_return", "optimal", "agreement", "kl",
                  "contexts", "context_tokens", "rollout_step_ms", "decision_ms", "peak_mem_mb", "note"]
 TABLE, SUMMARY, FIGURE, COST_FIGURE = "training_free.csv", "training_free.md", "return_vs_budget.png", "cost.png"
-BASELINE_KV = {"none": "cache", "full": "recompute"}  # the baselines' backends, in the kv column
 
 
 @dataclass(frozen=True)
@@ -261,18 +260,6 @@ def _check_protocol(rows: list[dict], path: Path, reduced: dict[str, Protocol], 
                              "remove the file or pass another out=")
 
 
-def upgrade_table(path: Path) -> None:
-    """Give a table written before the ``kv`` column its values (re-encoding, or the baselines' backends)."""
-    if not path.exists():
-        return
-    df = pd.read_csv(path)
-    if "kv" in df.columns:
-        return
-    df["kv"] = [BASELINE_KV.get(c, "reencode") for c in df["compressor"]]
-    with atomic_path(path) as tmp:
-        df[COLUMNS].to_csv(tmp, index=False)
-
-
 def training_free_study(run: Run, compressors: Sequence[str] | None = None, budgets: Sequence[int] | None = None,
                         seeds: Sequence[int] | None = None, reduced: dict[str, Protocol] | None = None,
                         out: str | Path | None = None, progress: bool = True,
@@ -303,7 +290,7 @@ def training_free_study(run: Run, compressors: Sequence[str] | None = None, budg
     if not kvs or set(kvs) - {"reencode", "evict"}:
         raise ValueError(f"kv must be 'reencode' and/or 'evict', got {kvs}")
     path = Path(out) if out else run.study / TABLE
-    upgrade_table(path)
+    upgrade_table(path, COLUMNS)
     steps = decision_steps(n, episodes * envs.spec(cfg.env.name).horizon, st.decisions)
     _check_protocol(read_table(path, COLUMNS).to_dict("records"), path, reduced,
                     Protocol(len(tasks), episodes, len(tasks) * len(steps)))
