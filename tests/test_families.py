@@ -25,12 +25,18 @@ def tiny(profile: str) -> list[str]:
             "attention.drop_counts=[1,2]"]
 
 
-@pytest.mark.parametrize("profile", PROFILES)
+@pytest.mark.parametrize("profile", [*PROFILES, "key-to-door-long"])
 def test_profiles_span_the_sources_memory(profile):
     cfg = load_config(profile)
     horizon = envs.spec(cfg.env.name).horizon
     assert cfg.collect.source == "psrl" and cfg.model.n_transit >= cfg.collect.psrl.memory * horizon
     assert cfg.model.n_transit >= 200 and cfg.eval.episodes >= 50
+    assert cfg.train.seq_len >= cfg.model.n_transit  # training windows longer than a decision's window
+
+
+def test_the_long_profile_has_a_context_of_at_least_400():
+    cfg = load_config("key-to-door-long")
+    assert cfg.model.n_transit >= 400 and cfg.env.name == "key-to-door"
 
 
 @pytest.fixture

@@ -88,7 +88,7 @@ class Evictor:
         self.current = torch.zeros(slots, device=device)  # this decision's attention, summed over layers
         self.accumulated = torch.zeros(slots, device=device)  # attention received since the entry came in
         span = getattr(compressor, "window", 1) if self.stat == "window" else 1
-        self.recent = torch.zeros(span, *slots, device=device)  # the last ``span`` decisions' attention (ring)
+        self.recent = torch.zeros(span, *slots, device=device)  # the last ``span`` decisions' attention, oldest first
         self.layers_seen, self.length = 0, 0  # layers observed this decision; tokens added so far
         self.rows = torch.arange(batch, device=device)
         self.slot = torch.zeros(batch, dtype=torch.long, device=device)  # (B,) slot of the newest token
