@@ -122,7 +122,7 @@ def cmd_study(args) -> int:
         print(f"wrote {md}, {png} and {cost}")
         return 0
     try:
-        df = retrained.compression_study(run, args.compressors, args.budgets)
+        df = retrained.compression_study(run, args.compressors, args.budgets, kvs=args.kv)
     except CellsFailed as e:
         print(f"adkit study: {e}", file=sys.stderr)
         return 1

@@ -5,7 +5,7 @@ than the spread.
     OMP_NUM_THREADS=1 python benchmarks/bench_seeds_study.py \
         --runs results/key-to-door/seed0 results/key-to-door/seed1 results/key-to-door/seed2 \
         --budgets 50 25 --kv evict --episodes 50 [--compressors recency h2o ...] [--out results/k2d-study.csv]
-        [--retrain reward-recent]
+        [--retrain reward-recent [--retrain-only]]
 
 Each run (one training seed of a profile, e.g. the run folders ``bench_incontext.py`` keeps) gets
 :func:`adkit.study.training_free.training_free_study` on its held-out tasks with evaluation seed 0,
@@ -19,7 +19,8 @@ writes it), else ``--recommended``.
 per-query keep masks; each run's own config, training seed and steps) and evaluates it with that
 cache on the run's ``eval.seeds`` streams per held-out task; its share is over the run's own
 full-context model on the same streams (the retrained study's ``none`` model would be that same
-model: same config, seed and steps). Cells train in ``RUN/study/retrained/`` and resume if interrupted.
+model: same config, seed and steps). Cells train in ``RUN/study/retrained/`` and resume if interrupted;
+``--retrain-only`` skips the training-free part.
 """
 
 from __future__ import annotations
@@ -104,17 +105,20 @@ def main() -> None:
     p.add_argument("--recommended", default="attention", help="when a run has no insights.json")
     p.add_argument("--out", default=None, help="also write every cell of every run here (CSV)")
     p.add_argument("--retrain", default=None, help="also retrain this strategy for the evicting cache")
+    p.add_argument("--retrain-only", action="store_true", help="with --retrain: skip the training-free study")
     args = p.parse_args()
-    compressors = args.compressors or [c for c in study_compressors() if c != "oracle"]
-    df = per_seed(args.runs, compressors, args.budgets, args.kv, args.episodes)
-    recs = [recommended(Run.open(resolve(d))) for d in args.runs]
-    rec = Counter(r for r in recs if r).most_common(1)[0][0] if any(recs) else args.recommended
-    table = spread_table(df)
-    print(f"\nshare of the full-context return over {len(args.runs)} training seeds (evaluation seed 0, "
-          f"{args.episodes} episodes, held-out tasks):")
-    print(markdown_table(table))
-    print(f"\nrecommended from the attention: `{rec}` (per run: {recs})")
-    print("\n".join(verdicts(table, rec)))
+    df = pd.DataFrame()
+    if not args.retrain_only:
+        compressors = args.compressors or [c for c in study_compressors() if c != "oracle"]
+        df = per_seed(args.runs, compressors, args.budgets, args.kv, args.episodes)
+        recs = [recommended(Run.open(resolve(d))) for d in args.runs]
+        rec = Counter(r for r in recs if r).most_common(1)[0][0] if any(recs) else args.recommended
+        table = spread_table(df)
+        print(f"\nshare of the full-context return over {len(args.runs)} training seeds (evaluation seed 0, "
+              f"{args.episodes} episodes, held-out tasks):")
+        print(markdown_table(table))
+        print(f"\nrecommended from the attention: `{rec}` (per run: {recs})")
+        print("\n".join(verdicts(table, rec)))
     if args.retrain:
         re_df = retrained_evict(args.runs, args.retrain, args.budgets, args.episodes)
         print("\nretrained for the evicting cache, share of each run's full-context return on the same streams:")
