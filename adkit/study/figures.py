@@ -94,15 +94,8 @@ def plot_cost(df: pd.DataFrame) -> Figure:
         for kv, g in s.groupby("kv", sort=False):
             ax.scatter(g[cost], g["return_mean"], c=[colors[c] for c in g["compressor"]], marker=markers[kv],
                        s=[120 if c in BASELINES else 30 for c in g["compressor"]], edgecolors="k", linewidths=0.3)
-        front = s.iloc[pareto_front(s[cost].to_numpy(float), s["return_mean"].to_numpy(float))]
-        ax.step(front[cost], front["return_mean"], where="post", color="k", lw=1, alpha=0.5)
-        for _, r in front.iterrows():
-            ax.annotate(f"{r['compressor']}@{r['budget']} {r['kv']}", (r[cost], r["return_mean"]), fontsize=6,
-                        xytext=(3, -8), textcoords="offset points")
-        ax.set_xscale("log")
-        ax.xaxis.set_minor_formatter(NullFormatter())
-        ax.set(xlabel=label)
-        ax.grid(alpha=0.3)
+        draw_front(ax, s, cost, alpha=0.5)
+        cost_axis(ax, label)
     axes[0].set_ylabel("mean episode return (held-out tasks)")
     names = {"none": "full context (rolling cache)", "full": "DICP hard context (re-encoded)"}
     handles = [plt.Line2D([], [], color=c, marker="o", ls="", label=names.get(n, n)) for n, c in colors.items()]
@@ -212,6 +205,24 @@ def plot_modes(df: pd.DataFrame) -> Figure:
     return fig
 
 
+def draw_front(ax, s: pd.DataFrame, cost: str, alpha: float) -> None:
+    """The Pareto front of summary rows ``s`` (column ``cost`` against ``return_mean``) as a step line,
+    each point named ``compressor@budget`` (`` evict`` for an evicting cache)."""
+    front = s.iloc[pareto_front(s[cost].to_numpy(float), s["return_mean"].to_numpy(float))]
+    ax.step(front[cost], front["return_mean"], where="post", color="k", lw=1, alpha=alpha)
+    for _, r in front.iterrows():
+        ax.annotate(f"{r['compressor']}@{r['budget']}{' evict' if r['kv'] == 'evict' else ''}",
+                    (r[cost], r["return_mean"]), fontsize=6, xytext=(3, -8), textcoords="offset points")
+
+
+def cost_axis(ax, label: str) -> None:
+    """A measured or counted cost on a log x axis."""
+    ax.set_xscale("log")
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.set(xlabel=label)
+    ax.grid(alpha=0.3)
+
+
 def pareto_front(cost: np.ndarray, value: np.ndarray) -> np.ndarray:
     """Indices of the points no other point beats on both lower cost and higher value, by cost."""
     order = np.lexsort((-value, cost))
@@ -241,16 +252,8 @@ def plot_pareto(df: pd.DataFrame) -> Figure:
                            alpha=1 if mode == RETRAINED else 0.45, edgecolors="k" if mode == RETRAINED else "none",
                            linewidths=0.4)
             if mode == RETRAINED and len(g):
-                front = g.iloc[pareto_front(g[cost].to_numpy(float), g["return_mean"].to_numpy(float))]
-                ax.step(front[cost], front["return_mean"], where="post", color="k", lw=1, alpha=0.6)
-                for _, r in front.iterrows():
-                    ax.annotate(f"{r['compressor']}@{r['budget']}{' evict' if r['kv'] == 'evict' else ''}",
-                                (r[cost], r["return_mean"]), fontsize=6,
-                                xytext=(3, -8), textcoords="offset points")
-        ax.set_xscale("log")
-        ax.xaxis.set_minor_formatter(NullFormatter())
-        ax.set(xlabel=label)
-        ax.grid(alpha=0.3)
+                draw_front(ax, g, cost, alpha=0.6)
+        cost_axis(ax, label)
     axes[0].set_ylabel("mean episode return (held-out tasks)")
     handles = [plt.Line2D([], [], color=c, marker="o", ls="", label=n) for n, c in colors.items()]
     handles += [plt.Line2D([], [], color="k", marker="o", ls="", mfc="none", label="retrained (front: line)"),
