@@ -40,6 +40,7 @@ from torch import Tensor
 from adkit.compress.strategies import Compressor, Transitions, keep_top, name_of
 
 STATS = ("current", "accumulated", "window")
+KV = ("reencode", "evict")  # the two ways to keep a compressed context: re-encoded each decision, or this cache
 
 NOT_EVICTABLE = {
     "threshold": "it keeps a number of transitions that varies per decision; an evicting cache has a fixed capacity",

@@ -49,13 +49,13 @@ import torch
 from adkit import envs
 from adkit.compress.context import compressed_logits
 from adkit.compress.cost import decision_flops, peak_allocated_mb
+from adkit.compress.evict import KV
 from adkit.data.loop import record
 from adkit.data.tokens import Tokens
 from adkit.io import atomic_path, write_text
 from adkit.run import Run
 
 CSV_FIELDS = ["task", "seed", "episode", "return", "optimal"]
-KV = ("reencode", "evict")  # how a compressed rollout keeps its context (module doc)
 
 
 class Trajectories:

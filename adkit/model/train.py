@@ -30,7 +30,7 @@ from safetensors.torch import load_file, save_file
 
 from adkit import envs, threads
 from adkit.compress.context import build, compress_window, query_attention
-from adkit.compress.evict import check_evictable, keep_mask
+from adkit.compress.evict import KV, check_evictable, keep_mask
 from adkit.compress.strategies import Compressor
 from adkit.config import Config, TrainConfig, changed_fields, dump_config, load_config
 from adkit.data.histories import Histories, WindowSampler
@@ -105,7 +105,7 @@ def window_compressor(cfg: Config, scorer=None, **kw) -> Compressor | None:
     if not 1 <= c.budget < cfg.model.n_transit:
         raise ValueError(f"compress.budget must be 1..{cfg.model.n_transit - 1} transitions with compress.strategy "
                          f"{c.strategy!r}, got {c.budget}")
-    if c.kv not in ("reencode", "evict"):
+    if c.kv not in KV:
         raise ValueError(f"compress.kv must be 'reencode' or 'evict', got {c.kv!r}")
     compressor = build(c.strategy, c.budget, scorer, cfg.env.name, **kw)
     if c.kv == "evict":

@@ -67,7 +67,7 @@ from adkit import compress, envs
 from adkit.analysis.insights import kl, markdown_table
 from adkit.compress.context import build, compressed_logits
 from adkit.compress.cost import decision_cost
-from adkit.compress.evict import NOT_EVICTABLE
+from adkit.compress.evict import KV, NOT_EVICTABLE
 from adkit.data.tokens import INPUTS, Tokens
 from adkit.io import write_text
 from adkit.model.checkpoint import load
@@ -287,7 +287,7 @@ def training_free_study(run: Run, compressors: Sequence[str] | None = None, budg
     reduced = REDUCED if reduced is None else reduced
     tasks = run.test_tasks
     kvs = list(kvs or st.kv)
-    if not kvs or set(kvs) - {"reencode", "evict"}:
+    if not kvs or set(kvs) - set(KV):
         raise ValueError(f"kv must be 'reencode' and/or 'evict', got {kvs}")
     path = Path(out) if out else run.study / TABLE
     upgrade_table(path, COLUMNS)
