@@ -12,7 +12,8 @@ tasks x 3 seeds by default), from C random transitions per stream, in each mode:
 * ``recompute``: DICP's hard context, the last C transitions re-encoded at every decision;
 * ``reencode``: a strategy keeps K = fraction x C of the context, re-encoded at every decision
   (attention-scored strategies first run the full window to score it);
-* ``evict``: an evicting cache of K entries per layer, same strategies.
+* ``evict``: an evicting cache of K entries per layer, same strategies; attention-scored ones keep a
+  set per layer and head (their default), and again one set per stream (``shared sets``) for comparison.
 
 Per mode: median wall-clock of one batched decision (``--calls`` decisions after a warm-up),
 peak memory (what persists between decisions plus the decision's activations, measured with
@@ -54,11 +55,14 @@ def measure(context: int, fraction: float, streams: int, strategies: list[str], 
     model = ADTransformer(cfg, "key-to-door").eval()
     window, budget = random_window(streams, context), max(1, round(fraction * context))
     timing = {"budget_s": 10.0, "max_calls": calls}
-    modes = [("full cache", "none", None, "reencode"), ("recompute", "full", None, "reencode")]
-    modes += [(kv, name, make(name, budget), kv) for kv in ("reencode", "evict") for name in strategies]
+    modes = [("full cache", "none", None, "reencode", None), ("recompute", "full", None, "reencode", None)]
+    modes += [(kv, name, make(name, budget), kv, None) for kv in ("reencode", "evict") for name in strategies]
+    modes += [("evict, shared sets", name, c, "evict", False) for _, name, c, kv, _ in modes[2:]
+              if kv == "evict" and c.needs_attention]
     rows = []
-    for mode, name, compressor, kv in modes:
-        ms, mb = decision_cost(model, window, name, compressor, torch.Generator().manual_seed(0), kv=kv, **timing)
+    for mode, name, compressor, kv, per_head in modes:
+        ms, mb = decision_cost(model, window, name, compressor, torch.Generator().manual_seed(0), kv=kv,
+                               per_head=per_head, **timing)
         kept = None if compressor is None else budget
         if name == "none":
             flops = decision_flops(cfg, model.n_actions)

@@ -206,6 +206,11 @@ def test_bad_arguments_raise(factory, match):
 
 def test_keep_top_breaks_ties_towards_recent_and_gather_shapes():
     assert C.keep_top(torch.tensor([[1.0, 2.0, 1.0, 1.0, 0.0]]), 2).tolist() == [[1, 3]]
+    # dropping one (the evicting cache's step, no sort) drops the lowest, the oldest of tied lowest
+    ties = torch.randint(0, 3, (200, 7), generator=torch.Generator().manual_seed(0)).float()
+    for row, kept in zip(ties.tolist(), C.keep_top(ties, 6).tolist()):
+        drop = min(range(7), key=lambda i: (row[i], i))
+        assert kept == [i for i in range(7) if i != drop]
     s, a, r, s2 = data(2, 6)
     idx = torch.tensor([[0, 4], [1, 5]])
     gs, ga = C.gather(idx, s, a)

@@ -1,5 +1,6 @@
 """The evicting key/value cache: a per-query keep mask computes exactly what the cache does, the
-cache holds at most K, eviction is per row, positions stay the original ones, bad budgets fail."""
+cache holds at most K, eviction is per row (and per layer and head for attention-scored strategies),
+positions stay the original ones, bad budgets fail."""
 
 import copy
 import dataclasses
@@ -9,6 +10,7 @@ import torch
 
 from adkit.compress import make
 from adkit.compress.evict import Evictor, keep_mask
+from adkit.compress.strategies import Transitions
 from adkit.data.tokens import STEP_INPUTS, Tokens
 from adkit.model import ADTransformer, ModelConfig
 
@@ -35,10 +37,13 @@ def stream(B=3, seed=0) -> Tokens:
                   positions=torch.arange(L).expand(B, L), episode_return=rewards.cumsum(1).clamp_max(2))
 
 
-def feed_pattern(B=3) -> torch.Tensor:
-    """(B, L, L) causal row-stochastic scores, as a scorer's attention would be."""
-    logits = torch.randn(B, L, L, generator=torch.Generator().manual_seed(1)) * 3
+def feed_pattern(*lead) -> torch.Tensor:
+    """(*lead, L, L) causal row-stochastic scores, as a scorer's attention would be."""
+    logits = torch.randn(*lead, L, L, generator=torch.Generator().manual_seed(1)) * 3
     return logits.masked_fill(torch.ones(L, L, dtype=torch.bool).triu(1), -torch.inf).softmax(-1)
+
+
+PER_HEAD = (3, 3, 2)  # (B, n_layer, n_head) of the fixture's model: one keep set per layer and head
 
 
 def evicting_rollout(model, tokens: Tokens, cache, after_step=None) -> torch.Tensor:
@@ -51,16 +56,30 @@ def evicting_rollout(model, tokens: Tokens, cache, after_step=None) -> torch.Ten
     return torch.stack(out, 1)
 
 
-@pytest.mark.parametrize("name", PLAIN + SCORED)
-def test_masked_forward_equals_the_evicting_rollout(model, name):
+@pytest.mark.parametrize("name,per_head", [(n, False) for n in PLAIN + SCORED] + [(n, True) for n in SCORED])
+def test_masked_forward_equals_the_evicting_rollout(model, name, per_head):
     tokens = stream()
-    feed = feed_pattern() if name in SCORED else None
+    feed = None if name in PLAIN else feed_pattern(*PER_HEAD) if per_head else feed_pattern(3)
     c = make(name, K, **KW.get(name, {}))
-    cache = model.new_evicting_cache(3, c, feed=feed, generator=torch.Generator().manual_seed(5))
+    cache = model.new_evicting_cache(3, c, feed=feed, generator=torch.Generator().manual_seed(5), per_head=per_head)
     rolled = evicting_rollout(model, tokens, cache)
     mask = keep_mask(c, tokens, WINDOW, feed=feed, generator=torch.Generator().manual_seed(5))
+    assert mask.shape == ((*PER_HEAD, L, L) if per_head else (3, L, L))
     assert mask.sum(-1).max() == K + 1  # K cached + the query's own token
     torch.testing.assert_close(model(**tokens, keep=mask), rolled, atol=1e-5, rtol=0)
+
+
+def test_attention_scored_strategies_keep_a_set_per_layer_and_head(model):
+    tokens = stream()
+    held = []
+    cache = model.new_evicting_cache(3, make("attention", K))  # TOVA: each head by its own attention
+    evicting_rollout(model, tokens, cache, lambda c: held.append(c.evictor.valid.sum(-1)))
+    assert cache.evictor.index.shape == (3 * 3 * 2, K + 1)  # stream x layer x head rows
+    assert all(int(h.max()) <= K for h in held) and int(held[-1].min()) == K
+    kept = cache.evictor.index.sort(-1).values[:, 1:].view(*PER_HEAD, K)  # (B, layer, head, K)
+    assert len({tuple(r) for r in kept.flatten(0, 2).tolist()}) > 3  # heads keep different transitions
+    with pytest.raises(ValueError, match=r"do not fit 3 streams with \(3, 2\) keep sets"):
+        model.new_evicting_cache(3, make("h2o", K), feed=feed_pattern(3))
 
 
 def test_cache_never_holds_more_than_k_and_evicts_per_row(model):
@@ -98,17 +117,20 @@ def test_a_budget_of_the_whole_window_is_the_rolling_cache(model, name):
     torch.testing.assert_close(rolled, full, atol=1e-5, rtol=0)
 
 
-def test_tova_evicts_the_entry_the_deciding_query_attends_to_least(model):
+@pytest.mark.parametrize("per_head", [True, False])
+def test_tova_evicts_the_entry_the_deciding_query_attends_to_least(model, per_head):
     tokens = stream()
-    cache = model.new_evicting_cache(3, make("attention", K))
+    cache = model.new_evicting_cache(3, make("attention", K), per_head=per_head)
     for p in range(K):  # fill the cache
         model.step(cache, *(tokens[k][:, p] for k in STEP_INPUTS))
     patterns = []
     with model.hooks([(lambda n: n.endswith("hook_pattern"), lambda a, hook: patterns.append(a))]):
         before = cache.evictor.index.clone()
         model.step(cache, *(tokens[k][:, K] for k in STEP_INPUTS))
-    least = torch.stack(patterns).mean((0, 2))[:, 0].argmin(-1)  # (B,) slot of least layer- and head-mean attention
-    assert (before >= 0).sum().item() == 3 * K
+    pattern = torch.stack(patterns, 1)[:, :, :, 0]  # (B, layer, head, K + 1)
+    # per head: each head's own least-attended slot; shared: the least by the layer and head mean
+    least = pattern.flatten(0, 2).argmin(-1) if per_head else pattern.mean((1, 2)).argmin(-1)  # (rows,)
+    assert (before >= 0).sum().item() == len(least) * K
     assert torch.where(cache.evictor.index < 0)[1].tolist() == least.tolist()  # the one free slot per row
 
 
@@ -138,3 +160,18 @@ def test_renumbered_models_have_no_evicting_cache():
                       positions="renumber")
     with pytest.raises(ValueError, match="original rotary position"):
         m.new_evicting_cache(2, make("recency", K))
+
+
+@pytest.mark.parametrize("name", SCORED + ["profile"])
+def test_strategies_read_only_the_fields_they_declare(name):
+    """An evicting cache hands fields outside ``evict_fields`` over as zeros (attention-scored
+    strategies read none): their scores must not change."""
+    c = make(name, K, **{**KW.get(name, {}), **({"rule": "full"} if name == "profile" else {})})
+    assert c.evict_fields == ()
+    t = stream()
+    fields = {f: t[f][:, :K + 1] for f in ("states", "actions", "rewards", "next_states", "positions")}
+    scores = feed_pattern(3)[:, -1, :K + 1]
+    build = lambda f: Transitions.build(name, f["states"], f["actions"], f["rewards"], f["next_states"],  # noqa: E731
+                                        scores, f["positions"], torch.Generator().manual_seed(2), None)
+    zeroed = {f: v if f in c.evict_fields else torch.zeros_like(v) for f, v in fields.items()}
+    torch.testing.assert_close(c.evict_score(build(zeroed), K), c.evict_score(build(fields), K))

@@ -8,12 +8,12 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from adkit.compress import make
-from adkit.compress.context import compress_tokens, compress_window
+from adkit.compress.context import compress_tokens, compress_window, query_attention
 from adkit.config import load_config
 from adkit.data.collect import load_for
 from adkit.data.histories import save as save_histories
 from adkit.data.tokens import STEP_INPUTS, Tokens
-from adkit.model import load
+from adkit.model import ADTransformer, load
 from adkit.model.train import Trainer, samplers, train
 from adkit.run import Run
 from adkit.study import retrained
@@ -66,20 +66,26 @@ def test_trainer_trains_on_windows_of_budget_plus_one_tokens(tmp_path, tiny_hist
     assert trainer.batch(trainer.train_sampler)[0].targets.shape == (13, 6)  # windows per step, when set
 
 
-def test_evicting_training_masks_whole_windows_as_the_cache_would(tmp_path, tiny_hist):
+@pytest.mark.parametrize("name", ["reward-recent", "h2o"])
+def test_evicting_training_masks_whole_windows_as_the_cache_would(tmp_path, tiny_hist, name):
     """compress.kv: evict keeps the whole window (every position a target) and masks each query to the
-    evicting cache's keep set; the model trained this way gets the evicting cache's logits."""
-    cfg = load_config("tiny", {"compress": {"strategy": "reward-recent", "budget": 5, "kv": "evict"},
-                               "train": {"steps": 2}})
-    trainer = Trainer(Run.create(cfg, tmp_path / "run"), tiny_hist, progress=False)
+    evicting cache's keep set (per layer and head for H2O, scored by the scorer's attention); the model
+    trained this way gets the evicting cache's logits."""
+    cfg = load_config("tiny", {"compress": {"strategy": name, "budget": 5, "kv": "evict"}, "train": {"steps": 2}})
+    scorer = ADTransformer(cfg.model, cfg.env.name).eval() if name == "h2o" else None
+    trainer = Trainer(Run.create(cfg, tmp_path / "run"), tiny_hist, progress=False, scorer=scorer)
     tokens, keep = trainer.batch(trainer.train_sampler)
-    L = cfg.train.seq_len or 2 * cfg.model.n_transit
-    assert tokens.targets.shape == (cfg.train.batch_size, L) and keep.shape == (cfg.train.batch_size, L, L)
-    assert keep.sum(-1).max() == 6 and keep.diagonal(dim1=1, dim2=2).all()  # K cached + the query's own token
+    L, B, m = cfg.train.seq_len or 2 * cfg.model.n_transit, cfg.train.batch_size, cfg.model
+    sets = (m.tf_n_layer, m.tf_n_head) if name == "h2o" else ()
+    assert tokens.targets.shape == (B, L) and keep.shape == (B, *sets, L, L)
+    assert keep.sum(-1).max() == 6 and keep.diagonal(dim1=-2, dim2=-1).all()  # K cached + the query's own token
     model = trainer.model.eval()
-    cache = model.new_evicting_cache(tokens.batch, make("reward-recent", 5))
+    feed = query_attention(scorer, tokens, per_head=True) if scorer else None
+    cache = model.new_evicting_cache(tokens.batch, make(name, 5), feed=feed)
     rolled = torch.stack([model.step(cache, *(tokens[k][:, p] for k in STEP_INPUTS)) for p in range(L)], 1)
     torch.testing.assert_close(model(**tokens, keep=keep), rolled, atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="keep masks per layer and head must be"):
+        model(**tokens, keep=torch.ones(B, 2, 3, L, L, dtype=torch.bool))
     trainer.fit()
     assert trainer.step == 2
 

@@ -27,11 +27,13 @@ from adkit.data.tokens import Tokens
 POSITIONS = ("original", "renumber")
 
 
-def query_attention(model, tokens: Tokens) -> torch.Tensor:
-    """Head- and layer-averaged attention pattern ``(B, L, L)`` of ``model`` on ``tokens``."""
+def query_attention(model, tokens: Tokens, per_head: bool = False) -> torch.Tensor:
+    """Head- and layer-averaged attention pattern ``(B, L, L)`` of ``model`` on ``tokens``; with
+    ``per_head``, each layer's and head's ``(B, n_layer, n_head, L, L)``."""
     with torch.no_grad():
         _, cache = model.run_with_cache(**tokens, names="hook_pattern")
-    return cache.stack("pattern").mean((0, 2))  # (layer, B, H, L, L) -> (B, L, L)
+    pattern = cache.stack("pattern")  # (layer, B, H, L, L)
+    return pattern.transpose(0, 1) if per_head else pattern.mean((0, 2))
 
 
 def compress_tokens(compressor: Compressor, tokens: Tokens, positions: str = "original",

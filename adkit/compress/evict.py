@@ -10,19 +10,21 @@ costs O(K), however long the history.
 
 Conventions (:class:`Evictor`):
 
-* keep sets are per row (stream) and shared by every layer and head;
+* keep sets are per stream: one shared by every layer and head for strategies that do not read
+  attention (their choice would be the same in every head), one per layer and head for those scored
+  by attention, each by its own head (as H2O, SnapKV and TOVA keep theirs);
 * the newest token is a candidate like any other (TOVA may evict it; recency never does);
 * the model's window still binds: a transition about to leave the next decision's window
   (``n_transit - 1`` behind it) is evicted first, as the rolling cache overwrites it, so no
   decision sees an offset the model was never trained on;
 * positions stay the stream's own (rotary): kept keys were rotated when cached.
 
-What a strategy scores with (:attr:`Compressor.evict_attention`), all per cached entry and
-averaged over layers and heads: ``"current"``, the deciding query's attention (TOVA: the
-``attention`` strategy, ``adaptive``); ``"accumulated"``, the attention it has received since
-it entered (H2O); ``"window"``, the mean over the last ``window`` decisions (SnapKV). Scores
-may instead be *fed*: a ``(B, T, T)`` pattern whose row ``p`` scores the cache at the
-decision of token ``p`` (a fixed scorer's attention, so training can replay the eviction).
+What a strategy scores with (:attr:`Compressor.evict_attention`), per cached entry: ``"current"``,
+the deciding query's attention (TOVA: the ``attention`` strategy, ``adaptive``); ``"accumulated"``,
+the attention it has received since it entered (H2O); ``"window"``, the mean over the last ``window``
+decisions (SnapKV). Scores may instead be *fed*: a pattern whose row ``p`` scores the cache at the
+decision of token ``p`` (a fixed scorer's attention, per layer and head, so training can replay
+the eviction).
 
 Strategies without an eviction form (:data:`NOT_EVICTABLE`) raise ValueError with the reason.
 
@@ -64,112 +66,154 @@ def check_evictable(compressor: Compressor, window: int) -> None:
 
 
 class Evictor:
-    """The bookkeeping of an evicting cache for ``batch`` rows: K + 1 slots per row, what each holds,
-    the attention statistics strategies score with, and the eviction step.
+    """The bookkeeping of an evicting cache for ``batch`` streams: K + 1 slots per keep set, what each
+    holds, the attention statistics strategies score with, and the eviction step.
 
-    Per decision: :meth:`add` the new token (it takes the free slot), then (for attention-scored
+    ``sets``: ``(layers, heads)`` keep sets per stream: ``(1, 1)`` one set shared by every layer and
+    head; ``(n_layer, n_head)`` one per layer and head, each scored by its own head's attention (how
+    H2O, SnapKV and TOVA keep their caches). Rows of the slot tensors are ``stream x layer x head``.
+    Per decision: :meth:`add` the new token (it takes each set's free slot), then (for attention-scored
     strategies) :meth:`observe` each layer's attention, then :meth:`evict`.
-    ``feed``: ``(B, T, T)`` scores fed instead of the model's own attention (row ``p`` at the
-    decision of token ``p``); ``generator``: randomness of ``random`` / ``exponential``.
+    ``feed``: scores fed instead of the model's own attention (row ``p`` at the decision of token
+    ``p``), ``(B, T, T)`` for shared sets, ``(B, n_layer, n_head, T, T)`` per head; ``generator``:
+    randomness of ``random`` / ``exponential``.
     """
 
     def __init__(self, compressor: Compressor, batch: int, window: int, feed: Tensor | None = None,
-                 generator: torch.Generator | None = None, device=None):
+                 generator: torch.Generator | None = None, device=None, sets: tuple[int, int] = (1, 1)):
         check_evictable(compressor, window)
-        self.compressor, self.window, self.feed, self.generator = compressor, window, feed, generator
+        self.compressor, self.window, self.generator, self.sets = compressor, window, generator, sets
+        self.batch = batch
         self.budget = k = compressor.budget
         self.stat = getattr(compressor, "evict_attention", "current")
-        slots = (batch, k + 1)
-        self.index = torch.full(slots, -1, dtype=torch.long, device=device)  # token index held; -1: free slot
-        self.positions = torch.zeros(slots, dtype=torch.long, device=device)  # its stream position (rotary)
-        self.states = torch.zeros(*slots, 2, dtype=torch.long, device=device)
-        self.actions = torch.zeros(slots, dtype=torch.long, device=device)
-        self.rewards = torch.zeros(slots, device=device)
-        self.next_states = torch.zeros(*slots, 2, dtype=torch.long, device=device)
-        self.current = torch.zeros(slots, device=device)  # this decision's attention, summed over layers
-        self.accumulated = torch.zeros(slots, device=device)  # attention received since the entry came in
-        span = getattr(compressor, "window", 1) if self.stat == "window" else 1
-        self.recent = torch.zeros(span, *slots, device=device)  # the last ``span`` decisions' attention, oldest first
+        groups = sets[0] * sets[1]
+        if feed is not None:
+            want = (batch, *(sets if groups > 1 else ()))
+            if tuple(feed.shape[:-2]) != want:
+                raise ValueError(f"fed scores of shape {tuple(feed.shape)} do not fit {batch} streams with "
+                                 f"{sets} keep sets: expected {(*want, 'T', 'T')}")
+            feed = feed.reshape(batch * groups, *feed.shape[-2:])  # (rows, T, T)
+        self.feed = feed
+        # the transitions of each stream's last ``window`` tokens (a ring, token p at p % window): slots
+        # point into it, so keep sets per head cost one index per slot, not a copy of the transition
+        self.ring = {"states": torch.zeros(batch * window, 2, dtype=torch.long, device=device),
+                     "actions": torch.zeros(batch * window, dtype=torch.long, device=device),
+                     "rewards": torch.zeros(batch * window, device=device),
+                     "next_states": torch.zeros(batch * window, 2, dtype=torch.long, device=device),
+                     "positions": torch.zeros(batch * window, dtype=torch.long, device=device)}  # (B x window, ·)
+        rows, n = batch * groups, k + 1
+        self.index = torch.full((rows, n), -1, dtype=torch.long, device=device)  # token index held; -1: free slot
+        self.valid = torch.zeros(rows, n, dtype=torch.bool, device=device)  # slots that hold a transition
+        self.order = torch.arange(n, device=device).repeat(rows, 1)  # (rows, K + 1) slots, oldest first once full
+        self.current = torch.zeros(rows, n, device=device)  # this decision's attention (layer-summed if shared)
+        # what the strategy scores with, kept only for it: attention received since the entry came in (H2O),
+        # the last ``window`` decisions' attention (SnapKV; a ring)
+        self.accumulated = torch.zeros(rows, n, device=device) if self.stat == "accumulated" else None
+        self.recent = torch.zeros(compressor.window, rows, n, device=device) if self.stat == "window" else None
         self.layers_seen, self.length = 0, 0  # layers observed this decision; tokens added so far
-        self.rows = torch.arange(batch, device=device)
-        self.slot = torch.zeros(batch, dtype=torch.long, device=device)  # (B,) slot of the newest token
+        self.rows = torch.arange(rows, device=device)
+        self.stream = torch.arange(batch, device=device).repeat_interleave(groups)  # (rows,) stream of each row
+        self.slot = torch.zeros(rows, dtype=torch.long, device=device)  # (rows,) slot of the newest token
 
     @property
     def wants_attention(self) -> bool:
         """Whether the model must hand over its attention (:meth:`observe`) at each decision."""
         return self.compressor.needs_attention and self.feed is None
 
-    @property
-    def valid(self) -> Tensor:
-        """``(B, K + 1)``: slots that hold a transition."""
-        return self.index >= 0
-
     def held(self) -> int:
-        """Transitions held between decisions, the same in every row (at most K)."""
-        return int(self.valid.sum(-1).max())
+        """Transitions held between decisions, the same in every keep set (at most K)."""
+        return min(self.length, self.budget)
+
+    def per_layer(self, t: Tensor, layer: int) -> Tensor:
+        """Layer ``layer``'s part of a ``(rows, ...)`` tensor: ``(B, heads, ...)``, heads 1 when shared."""
+        layers, heads = self.sets
+        return t.view(-1, layers, heads, *t.shape[1:])[:, layer % layers]
 
     def add(self, states, actions, rewards, next_states, positions=None) -> Tensor:
-        """Put token ``length`` (fields ``(B, ·)``) in each row's free slot; returns the slots ``(B,)``."""
-        self.slot = (~self.valid).int().argmax(-1)  # (B,) the first free slot (there is always one)
-        at = (self.rows, self.slot)
-        self.index[at] = self.length
-        self.positions[at] = self.length if positions is None else positions.long()
-        self.states[at], self.actions[at] = states.long(), actions.long()
-        self.rewards[at], self.next_states[at] = rewards.float(), next_states.long()
-        for stat in (self.accumulated, *self.recent):
-            stat[at] = 0.0
+        """Put token ``length`` (fields ``(B, ·)``) in each keep set's free slot; returns the slots ``(rows,)``."""
+        at = torch.arange(0, len(self.ring["actions"]), self.window, device=actions.device) + self.length % self.window
+        pos = torch.full_like(actions, self.length) if positions is None else positions
+        for name, value in (("states", states), ("actions", actions), ("rewards", rewards),
+                            ("next_states", next_states), ("positions", pos)):
+            self.ring[name][at] = value.to(self.ring[name].dtype)
+        # the free slot: the next one while filling, then the one the last eviction emptied (the newest in order)
+        self.slot = self.order[:, min(self.length, self.budget)]  # (rows,)
+        new = (self.rows, self.slot)
+        self.index[new], self.valid[new] = self.length, True
+        if self.accumulated is not None:
+            self.accumulated[new] = 0.0
+        if self.recent is not None:
+            self.recent[:, self.rows, self.slot] = 0.0
         self.current.zero_()
         self.layers_seen = 0
         return self.slot
 
     def observe(self, pattern: Tensor) -> None:
-        """One layer's attention of the deciding query, ``(B, H, 1, K + 1)`` over the slots."""
-        self.current += pattern.mean(1)[:, 0]
+        """One layer's attention of the deciding query, ``(B, H, 1, K + 1)`` over its sets' slots."""
+        if self.sets == (1, 1):
+            self.current += pattern.mean(1)[:, 0]
+        else:
+            self.per_layer(self.current, self.layers_seen).copy_(pattern[:, :, 0])
         self.layers_seen += 1
 
     def _scores_now(self) -> Tensor:
-        """``(B, K + 1)`` this decision's attention per slot: the layer mean, or the fed row."""
+        """``(rows, K + 1)`` this decision's attention per slot: the layer mean (shared sets), each
+        head's own (per head), or the fed row."""
         if self.feed is not None:
-            row = self.feed[:, self.length]  # (B, T)
+            row = self.feed[:, self.length]  # (rows, T)
             return row.gather(1, self.index.clamp_min(0)) * self.valid
-        return self.current / max(1, self.layers_seen)
+        return self.current / (max(1, self.layers_seen) if self.sets == (1, 1) else 1)
 
     def evict(self) -> None:
-        """End the decision: update the statistics and, once K + 1 are held, evict one per row."""
-        now = self._scores_now()
-        self.accumulated += now
-        self.recent = torch.cat([self.recent[1:], now[None]])
+        """End the decision: update the statistics and, once K + 1 are held, evict one per keep set."""
+        scored = self.compressor.needs_attention
+        now = self._scores_now() if scored else None
+        if self.accumulated is not None:
+            self.accumulated += now
+        if self.recent is not None:
+            self.recent[self.length % len(self.recent)] = now
         self.length += 1
-        if self.held() <= self.budget:
+        if self.length <= self.budget:
             return
-        order = self.index.argsort(-1)  # (B, K + 1) slots oldest first (all valid once full)
-        take = lambda t: t.gather(1, order if t.dim() == 2 else order[..., None].expand_as(t))  # noqa: E731
-        stat = {"current": now, "accumulated": self.accumulated, "window": self.recent.mean(0)}[self.stat]
-        h = Transitions.build(type(self.compressor).__name__, take(self.states), take(self.actions),
-                              take(self.rewards), take(self.next_states), take(stat), take(self.positions),
-                              self.generator, None)
-        scores = self.compressor.evict_score(h, self.budget).float()  # (B, K + 1)
-        leaving = take(self.index) <= self.length - self.window  # outside the next decision's window
-        kept = keep_top(scores.masked_fill(leaving, -torch.inf), self.budget)  # (B, K) chronological indices
-        gone = torch.ones_like(scores, dtype=torch.bool).scatter_(1, kept, False).int().argmax(-1)  # (B,)
-        self.index[self.rows, order[self.rows, gone]] = -1
+        held = self.index.gather(1, self.order)  # (rows, K + 1) token indices, chronological
+        reads = self.compressor.evict_fields
+        flat = (self.stream[:, None] * self.window + held % self.window).view(-1) if reads else None  # into the rings
+        field = {name: t.index_select(0, flat).view(*held.shape, *t.shape[1:]) if name in reads
+                 else t.new_zeros(()).expand(*held.shape, *t.shape[1:]) for name, t in self.ring.items()}
+        stat = None
+        if scored:  # (rows, K + 1) chronological
+            stat = {"current": lambda: now, "accumulated": lambda: self.accumulated,
+                    "window": lambda: self.recent.mean(0)}[self.stat]().gather(1, self.order)
+        h = Transitions.build(type(self.compressor).__name__, field["states"], field["actions"], field["rewards"],
+                              field["next_states"], stat, field["positions"], self.generator, None)
+        scores = self.compressor.evict_score(h, self.budget).float()  # (rows, K + 1)
+        leaving = held <= self.length - self.window  # outside the next decision's window
+        kept = keep_top(scores.masked_fill(leaving, -torch.inf), self.budget)  # (rows, K) chronological indices
+        # kept is 0..K without the evicted one, so it is shifted by one from there on
+        gone = self.budget - (kept != torch.arange(self.budget, device=kept.device)).sum(-1)  # (rows,)
+        slot = self.order[self.rows, gone]  # (rows,) emptied; it goes to the end of the order for the next token
+        self.index[self.rows, slot], self.valid[self.rows, slot] = -1, False
+        self.order = torch.cat([self.order.gather(1, kept), slot[:, None]], 1)
 
 
 @torch.no_grad()
 def keep_mask(compressor: Compressor, tokens, window: int, feed: Tensor | None = None,
               generator: torch.Generator | None = None) -> Tensor:
-    """``(B, L, L)`` bool: which tokens each query of ``tokens`` (B, L, ·) attends to under an evicting
-    cache that started empty at the first token: query ``p`` sees what the cache held after
-    decision ``p - 1``, plus itself. Strategies scored by attention need ``feed`` ``(B, L, L)``."""
+    """Which tokens each query of ``tokens`` (B, L, ·) attends to under an evicting cache that started
+    empty at the first token: query ``p`` sees what the cache held after decision ``p - 1``, plus
+    itself. ``(B, L, L)`` bool; ``(B, n_layer, n_head, L, L)`` when ``feed`` (the scores of strategies
+    scored by attention) is given per layer and head ``(B, n_layer, n_head, L, L)``."""
     B, L = tokens["actions"].shape
-    ev = Evictor(compressor, B, window, feed, generator, tokens["actions"].device)
     if compressor.needs_attention and feed is None:
         raise ValueError(f"{name_of(compressor)} scores by attention: replaying its eviction "
                          "without the model needs the scores fed (feed=, e.g. a scorer's pattern)")
-    mask = torch.zeros(B, L, L + 1, dtype=torch.bool, device=tokens["actions"].device)  # column L: free slots
+    sets = tuple(feed.shape[1:3]) if feed is not None and feed.dim() == 5 else (1, 1)
+    ev = Evictor(compressor, B, window, feed, generator, tokens["actions"].device, sets)
+    mask = torch.zeros(len(ev.rows), L, L + 1, dtype=torch.bool, device=tokens["actions"].device)  # column L: free
     for p in range(L):
         ev.add(tokens["states"][:, p], tokens["actions"][:, p], tokens["rewards"][:, p],
                tokens["next_states"][:, p], tokens["positions"][:, p])
         mask[:, p].scatter_(1, ev.index.masked_fill(~ev.valid, L), True)  # held tokens' columns
         ev.evict()
-    return mask[..., :L]
+    mask = mask[..., :L]  # (rows, L, L)
+    return mask if sets == (1, 1) else mask.view(B, *sets, L, L)

@@ -62,6 +62,10 @@ def keep_top(scores: Tensor, k: int) -> Tensor:
 
     Ties are broken in favour of the more recent transition."""
     n = scores.shape[-1]
+    if k == n - 1:  # drop one (an evicting cache's step): the lowest, ties dropping the oldest; no sort needed
+        drop = scores.argmin(-1, keepdim=True)  # (B, 1), the first (oldest) of equal lowest
+        i = torch.arange(k, device=scores.device)
+        return i + (i >= drop)  # (B, k)
     order = torch.argsort(scores.flip(-1), dim=-1, descending=True, stable=True)  # (B, n), 0 = newest
     return (n - 1 - order[:, :k]).sort(dim=-1).values
 
@@ -192,6 +196,8 @@ class Compressor:
     aliases: ClassVar[tuple[str, ...]] = ()  # the original constructor names of ``budget``
     needs_attention: ClassVar[bool] = False  # whether ``select`` must be given attention
     evict_attention: ClassVar[str] = "current"  # what an evicting cache scores with (adkit.compress.evict.STATS)
+    # the transition fields ``evict_score`` reads; an evicting cache hands the others over as zeros
+    evict_fields: ClassVar[tuple[str, ...]] = ("states", "actions", "rewards", "next_states", "positions")
     budget: int
 
     def __post_init__(self):
@@ -295,6 +301,7 @@ class AttentionBasedCompressor(Compressor):
 
     budget: int
     needs_attention = True
+    evict_fields = ()  # attention and order only
 
     def score(self, h, k):
         return h.need_scores()
@@ -340,6 +347,7 @@ class AdaptiveCompressor(Compressor):
     ratio_threshold: float = 2.0
     entropy_threshold: float = 0.9
     needs_attention = True
+    evict_fields = ()  # attention and order only
     MODES: ClassVar[tuple[str, ...]] = ("recency", "uniform", "attention")
 
     def __post_init__(self):
@@ -420,6 +428,7 @@ class HeavyHitterCompressor(Compressor):
     budget: int
     recent_ratio: float = 0.5
     needs_attention = True
+    evict_fields = ()  # attention and order only
     evict_attention = "accumulated"
 
     def __post_init__(self):
@@ -443,6 +452,7 @@ class SnapKVCompressor(Compressor):
     window: int = 8
     pool: int = 3
     needs_attention = True
+    evict_fields = ()  # attention and order only
     evict_attention = "window"
 
     def __post_init__(self):
@@ -570,6 +580,7 @@ class ProfileCompressor(Compressor):
         self.size = None if self.size is None else _count(self.size, "size", low=0)
         self.inner = rule_compressor(self.budget, self.rule, self.size)
         self.needs_attention, self.evict_attention = self.inner.needs_attention, self.inner.evict_attention
+        self.evict_fields = self.inner.evict_fields
 
     def keep_count(self, h):
         return self.inner.keep_count(h)

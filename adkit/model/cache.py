@@ -52,18 +52,22 @@ class KVCache:
 
 
 class EvictingCache:
-    """A key/value cache of at most K transitions per row, evicted by ``evictor``'s strategy.
+    """A key/value cache of at most K transitions per keep set, evicted by ``evictor``'s strategy
+    (one set per stream, or one per layer and head: :class:`~adkit.compress.evict.Evictor`).
 
-    K + 1 slots per layer: the K kept between decisions and the deciding token's own. Keys
+    K + 1 slots per layer and head: the K kept between decisions and the deciding token's own. Keys
     are cached rotated at their stream positions, which therefore stay the original ones.
     """
 
     def __init__(self, n_layer: int, n_head: int, head_dim: int, evictor: Evictor):
         self.evictor = evictor
-        shape = (evictor.index.shape[0], n_head, evictor.budget + 1, head_dim)
+        batch = evictor.batch
+        shape = (batch, n_head, evictor.budget + 1, head_dim)
         device = evictor.index.device
         self.k = [torch.zeros(shape, device=device) for _ in range(n_layer)]
         self.v = [torch.zeros(shape, device=device) for _ in range(n_layer)]
+        self.streams = torch.arange(batch, device=device)[:, None]  # (B, 1)
+        self.heads = torch.arange(n_head, device=device)[None, :]  # (1, H)
 
     @property
     def length(self) -> int:
@@ -77,12 +81,13 @@ class EvictingCache:
         self.evictor.add(states, actions, rewards, next_states)
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Write one token's k, v (B, H, 1, dh) into each row's new slot; return the slots and the
-        (B, 1, 1, K + 1) mask of held ones."""
-        rows, slot = self.evictor.rows, self.evictor.slot
-        self.k[layer][rows, :, slot] = k[:, :, 0]
-        self.v[layer][rows, :, slot] = v[:, :, 0]
-        return self.k[layer], self.v[layer], self.evictor.valid[:, None, None, :]
+        """Write one token's k, v (B, H, 1, dh) into each keep set's new slot; return the slots and the
+        (B, 1 or H, 1, K + 1) mask of held ones."""
+        ev = self.evictor
+        slot = ev.per_layer(ev.slot, layer).expand(k.shape[:2])  # (B, H)
+        self.k[layer][self.streams, self.heads, slot] = k[:, :, 0]
+        self.v[layer][self.streams, self.heads, slot] = v[:, :, 0]
+        return self.k[layer], self.v[layer], ev.per_layer(ev.valid, layer)[:, :, None, :]
 
     def record(self, pattern: torch.Tensor) -> None:
         """One layer's attention (B, H, 1, K + 1) of the deciding query, for attention-scored strategies."""
@@ -94,6 +99,6 @@ class EvictingCache:
     def nbytes(self) -> int:
         """Bytes held between decisions: keys, values and the eviction bookkeeping."""
         ev = self.evictor
-        book = [ev.index, ev.positions, ev.states, ev.actions, ev.rewards, ev.next_states, ev.current,
-                ev.accumulated, ev.recent]
+        book = [ev.index, ev.valid, ev.order, ev.current, ev.accumulated, ev.recent, *ev.ring.values()]
+        book = [t for t in book if t is not None]
         return sum(t.numel() * t.element_size() for t in self.k + self.v + book)

@@ -133,7 +133,7 @@ class Trainer:
     ``scorer`` (a fixed, full-context model), and ``compressor_kw`` go to the strategy. With
     ``compress.kv: evict`` windows stay whole and each query attends to what an evicting cache
     would hold there (:func:`adkit.compress.evict.keep_mask`; attention-based strategies replay the
-    eviction with ``scorer``'s attention on the window): every position keeps its target.
+    eviction with ``scorer``'s attention on the window, per layer and head): every position keeps its target.
     """
 
     def __init__(self, run: Run, h: Histories, progress: bool = True, scorer=None,
@@ -252,12 +252,13 @@ class Trainer:
     # ---- loop -------------------------------------------------------------------------------------
     def batch(self, sampler: WindowSampler) -> tuple[Tokens, torch.Tensor | None]:
         """One batch of tokens with targets from ``sampler``, compressed if the run compresses, and the
-        per-query keep mask ``(B, L, L)`` of an evicting run (else None)."""
+        per-query keep mask of an evicting run (``(B, L, L)``, per layer and head for attention-scored
+        strategies; else None)."""
         c = self.cfg.compress
         size = c.batch or self.t.batch_size if self.compressor is not None and c.kv == "reencode" else self.t.batch_size
         tokens, keep = Tokens.from_transitions(sampler.sample(size)), None
         if self.compressor is not None and c.kv == "evict":
-            feed = query_attention(self.scorer, tokens) if self.compressor.needs_attention else None
+            feed = query_attention(self.scorer, tokens, per_head=True) if self.compressor.needs_attention else None
             keep = keep_mask(self.compressor, tokens, self.cfg.model.n_transit, feed, self.compress_rng).to(self.device)
         elif self.compressor is not None:
             tokens = compress_window(self.compressor, tokens, c.positions, self.scorer, self.compress_rng)

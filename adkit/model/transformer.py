@@ -182,9 +182,10 @@ class ADTransformer(nn.Module):
         """Action logits (B, L, A) for the decision after each of the L transitions.
 
         ``positions`` (B, L): step of each transition in its stream (rotary positions);
-        default ``0..L-1``. The attention window is ``n_transit`` tokens. ``keep`` (B, L, L) bool
-        narrows each query to the tokens it may attend to (:func:`adkit.compress.evict.keep_mask`:
-        an evicting cache's, which this forward then computes in one pass).
+        default ``0..L-1``. The attention window is ``n_transit`` tokens. ``keep`` (B, L, L) bool, or
+        (B, n_layer, n_head, L, L) per layer and head, narrows each query to the tokens it may attend
+        to (:func:`adkit.compress.evict.keep_mask`: an evicting cache's, which this forward then
+        computes in one pass).
         """
         B, L = actions.shape
         if positions is None:
@@ -193,10 +194,15 @@ class ADTransformer(nn.Module):
         cos, sin = rope_angles(positions, self.cfg.tf_n_embd // self.cfg.tf_n_head, self.cfg.rope_base)
         mask = window_mask(L, L, self.cfg.n_transit, x.device)  # (L, L)
         if keep is not None:
-            mask = (mask & keep)[:, None]  # (B, 1, L, L)
+            keep = keep[:, None, None] if keep.dim() == 3 else keep  # (B, n_layer or 1, n_head or 1, L, L)
+            sets = (self.cfg.tf_n_layer, self.cfg.tf_n_head)
+            if tuple(keep.shape[1:3]) not in ((1, 1), sets):
+                raise ValueError(f"keep masks per layer and head must be (B, {sets[0]}, {sets[1]}, L, L) for this "
+                                 f"model, got {tuple(keep.shape)}")
         explicit = self._hooked()
-        for block in self.blocks:
-            x = block(x, cos, sin, mask, explicit=explicit)
+        for layer, block in enumerate(self.blocks):
+            m = mask if keep is None else mask & keep[:, layer % keep.shape[1]]  # (L, L) or (B, H or 1, L, L)
+            x = block(x, cos, sin, m, explicit=explicit)
         return self.head(self.ln_f(x))
 
     def new_cache(self, batch: int) -> KVCache:
@@ -204,14 +210,18 @@ class ADTransformer(nn.Module):
         return KVCache(c.tf_n_layer, batch, c.tf_n_head, c.tf_n_embd // c.tf_n_head, c.n_transit,
                        self.head.weight.device)
 
-    def new_evicting_cache(self, batch: int, compressor, feed=None, generator=None) -> EvictingCache:
-        """A cache of at most ``compressor.budget`` transitions per row, evicted by ``compressor``
-        (``feed``, ``generator``: see :class:`adkit.compress.evict.Evictor`)."""
+    def new_evicting_cache(self, batch: int, compressor, feed=None, generator=None,
+                           per_head: bool | None = None) -> EvictingCache:
+        """A cache of at most ``compressor.budget`` transitions per keep set, evicted by ``compressor``;
+        one keep set per layer and head when ``per_head`` (default: for strategies scored by attention),
+        else one per stream (``feed``, ``generator``: see :class:`adkit.compress.evict.Evictor`)."""
         if self.positions == "renumber":
             raise ValueError("an evicting cache keeps each transition's original rotary position (keys are cached "
                              "rotated); this model reads renumbered contexts: evaluate it with --kv reencode")
         c = self.cfg
-        evictor = Evictor(compressor, batch, c.n_transit, feed, generator, self.head.weight.device)
+        per_head = compressor.needs_attention if per_head is None else per_head
+        sets = (c.tf_n_layer, c.tf_n_head) if per_head else (1, 1)
+        evictor = Evictor(compressor, batch, c.n_transit, feed, generator, self.head.weight.device, sets)
         return EvictingCache(c.tf_n_layer, c.tf_n_head, c.tf_n_embd // c.tf_n_head, evictor)
 
     @torch.no_grad()

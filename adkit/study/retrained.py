@@ -388,7 +388,7 @@ def attention_shift(run: Run, name: str, budget: int, seed: int = 0, contexts: i
     compressor = window_compressor(cell.cfg, scorer=full)
     gen = torch.Generator().manual_seed(seed)
     if kv == "evict":  # the whole window, each query masked to what the cache holds there
-        feed = query_attention(full, inputs) if compressor.needs_attention else None
+        feed = query_attention(full, inputs, per_head=True) if compressor.needs_attention else None
         kept, keep = inputs, keep_mask(compressor, inputs, run.cfg.model.n_transit, feed, gen)
     else:
         kept, keep = compress_window(compressor, inputs, small.positions, full, gen), None
