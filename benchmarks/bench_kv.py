@@ -12,8 +12,9 @@ tasks x 3 seeds by default), from C random transitions per stream, in each mode:
 * ``recompute``: DICP's hard context, the last C transitions re-encoded at every decision;
 * ``reencode``: a strategy keeps K = fraction x C of the context, re-encoded at every decision
   (attention-scored strategies first run the full window to score it);
-* ``evict``: an evicting cache of K entries per layer, same strategies; attention-scored ones keep a
-  set per layer and head (their default), and again one set per stream (``shared sets``) for comparison.
+* ``evict``: an evicting cache of K entries per layer, same strategies; attention-scored ones keep
+  their own sets (per layer and head for H2O, per layer for TOVA), and again one set per stream
+  (``one set per stream``) for comparison.
 
 Per mode: median wall-clock of one batched decision (``--calls`` decisions after a warm-up),
 peak memory (what persists between decisions plus the decision's activations, measured with
@@ -57,12 +58,12 @@ def measure(context: int, fraction: float, streams: int, strategies: list[str], 
     timing = {"budget_s": 10.0, "max_calls": calls}
     modes = [("full cache", "none", None, "reencode", None), ("recompute", "full", None, "reencode", None)]
     modes += [(kv, name, make(name, budget), kv, None) for kv in ("reencode", "evict") for name in strategies]
-    modes += [("evict, shared sets", name, c, "evict", False) for _, name, c, kv, _ in modes[2:]
+    modes += [("evict, one set per stream", name, c, "evict", "stream") for _, name, c, kv, _ in modes[2:]
               if kv == "evict" and c.needs_attention]
     rows = []
-    for mode, name, compressor, kv, per_head in modes:
+    for mode, name, compressor, kv, sets in modes:
         ms, mb = decision_cost(model, window, name, compressor, torch.Generator().manual_seed(0), kv=kv,
-                               per_head=per_head, **timing)
+                               sets=sets, **timing)
         kept = None if compressor is None else budget
         if name == "none":
             flops = decision_flops(cfg, model.n_actions)

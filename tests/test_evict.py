@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from adkit.compress import make
-from adkit.compress.evict import Evictor, keep_mask
+from adkit.compress.evict import Evictor, keep_mask, set_shape
 from adkit.compress.strategies import Transitions
 from adkit.data.tokens import STEP_INPUTS, Tokens
 from adkit.model import ADTransformer, ModelConfig
@@ -43,7 +43,7 @@ def feed_pattern(*lead) -> torch.Tensor:
     return logits.masked_fill(torch.ones(L, L, dtype=torch.bool).triu(1), -torch.inf).softmax(-1)
 
 
-PER_HEAD = (3, 3, 2)  # (B, n_layer, n_head) of the fixture's model: one keep set per layer and head
+PER_HEAD = (3, 3, 2)  # (B, n_layer, n_head) of the fixture's model
 
 
 def evicting_rollout(model, tokens: Tokens, cache, after_step=None) -> torch.Tensor:
@@ -56,29 +56,48 @@ def evicting_rollout(model, tokens: Tokens, cache, after_step=None) -> torch.Ten
     return torch.stack(out, 1)
 
 
-@pytest.mark.parametrize("name,per_head", [(n, False) for n in PLAIN + SCORED] + [(n, True) for n in SCORED])
-def test_masked_forward_equals_the_evicting_rollout(model, name, per_head):
+@pytest.mark.parametrize("name,sets", [(n, None) for n in PLAIN + SCORED]
+                         + [(n, s) for n in SCORED for s in ("stream", "layer", "head")])
+def test_masked_forward_equals_the_evicting_rollout(model, name, sets):
+    """Attention-scored strategies with a scorer's per-head pattern fed, for each kind of keep set
+    (default: the strategy's own)."""
     tokens = stream()
-    feed = None if name in PLAIN else feed_pattern(*PER_HEAD) if per_head else feed_pattern(3)
+    feed = feed_pattern(*PER_HEAD) if name in SCORED else None
     c = make(name, K, **KW.get(name, {}))
-    cache = model.new_evicting_cache(3, c, feed=feed, generator=torch.Generator().manual_seed(5), per_head=per_head)
+    cache = model.new_evicting_cache(3, c, feed=feed, generator=torch.Generator().manual_seed(5), sets=sets)
     rolled = evicting_rollout(model, tokens, cache)
-    mask = keep_mask(c, tokens, WINDOW, feed=feed, generator=torch.Generator().manual_seed(5))
-    assert mask.shape == ((*PER_HEAD, L, L) if per_head else (3, L, L))
+    mask = keep_mask(c, tokens, WINDOW, feed=feed, generator=torch.Generator().manual_seed(5), sets=sets)
+    shape = set_shape(sets or c.evict_sets, *PER_HEAD[1:])
+    assert mask.shape == ((3, L, L) if shape == (1, 1) else (3, *shape, L, L))
     assert mask.sum(-1).max() == K + 1  # K cached + the query's own token
     torch.testing.assert_close(model(**tokens, keep=mask), rolled, atol=1e-5, rtol=0)
 
 
-def test_attention_scored_strategies_keep_a_set_per_layer_and_head(model):
+def test_one_set_per_stream_scores_with_the_layer_and_head_mean(model):
+    """A pattern fed per layer and head, or already averaged, gives one set per stream the same keeps."""
+    tokens, feed, c = stream(), feed_pattern(*PER_HEAD), make("attention", K)
+    averaged = keep_mask(c, tokens, WINDOW, feed=feed.mean((1, 2)), sets="stream")
+    assert torch.equal(keep_mask(c, tokens, WINDOW, feed=feed, sets="stream"), averaged)
+    with pytest.raises(ValueError, match="keep sets per layer need the scores fed per layer and head"):
+        keep_mask(c, tokens, WINDOW, feed=feed.mean((1, 2)))
+
+
+@pytest.mark.parametrize("name,sets", [("attention", "layer"), ("adaptive", "layer"), ("h2o", "head"),
+                                       ("snapkv", "head"), ("reward-recent", "stream")])
+def test_each_strategy_keeps_the_sets_its_method_does(model, name, sets):
+    """TOVA one set per layer (the heads' mean), H2O and SnapKV one per layer and head, attention-free
+    strategies one per stream; each set holds at most K, and sets differ where their scores do."""
     tokens = stream()
     held = []
-    cache = model.new_evicting_cache(3, make("attention", K))  # TOVA: each head by its own attention
+    cache = model.new_evicting_cache(3, make(name, K, **KW.get(name, {})))
     evicting_rollout(model, tokens, cache, lambda c: held.append(c.evictor.valid.sum(-1)))
-    assert cache.evictor.index.shape == (3 * 3 * 2, K + 1)  # stream x layer x head rows
+    layers, heads = set_shape(sets, *PER_HEAD[1:])
+    assert cache.evictor.index.shape == (3 * layers * heads, K + 1)  # stream x layer x head rows
     assert all(int(h.max()) <= K for h in held) and int(held[-1].min()) == K
-    kept = cache.evictor.index.sort(-1).values[:, 1:].view(*PER_HEAD, K)  # (B, layer, head, K)
-    assert len({tuple(r) for r in kept.flatten(0, 2).tolist()}) > 3  # heads keep different transitions
-    with pytest.raises(ValueError, match=r"do not fit 3 streams with \(3, 2\) keep sets"):
+    if name in ("attention", "snapkv"):  # scored by the query's (recent) attention: sets differ within a stream
+        kept = cache.evictor.index.sort(-1).values[:, 1:].view(3, layers * heads, K)
+        assert any(len({tuple(r) for r in row.tolist()}) > 1 for row in kept)
+    with pytest.raises(ValueError, match=r"do not fit 3 streams"):
         model.new_evicting_cache(3, make("h2o", K), feed=feed_pattern(3))
 
 
@@ -117,10 +136,10 @@ def test_a_budget_of_the_whole_window_is_the_rolling_cache(model, name):
     torch.testing.assert_close(rolled, full, atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("per_head", [True, False])
-def test_tova_evicts_the_entry_the_deciding_query_attends_to_least(model, per_head):
+@pytest.mark.parametrize("sets", ["layer", "head", "stream"])
+def test_tova_evicts_the_entry_the_deciding_query_attends_to_least(model, sets):
     tokens = stream()
-    cache = model.new_evicting_cache(3, make("attention", K), per_head=per_head)
+    cache = model.new_evicting_cache(3, make("attention", K), sets=sets)
     for p in range(K):  # fill the cache
         model.step(cache, *(tokens[k][:, p] for k in STEP_INPUTS))
     patterns = []
@@ -128,8 +147,9 @@ def test_tova_evicts_the_entry_the_deciding_query_attends_to_least(model, per_he
         before = cache.evictor.index.clone()
         model.step(cache, *(tokens[k][:, K] for k in STEP_INPUTS))
     pattern = torch.stack(patterns, 1)[:, :, :, 0]  # (B, layer, head, K + 1)
-    # per head: each head's own least-attended slot; shared: the least by the layer and head mean
-    least = pattern.flatten(0, 2).argmin(-1) if per_head else pattern.mean((1, 2)).argmin(-1)  # (rows,)
+    # each set's least-attended slot, by the mean over the layers and heads the set serves
+    mean = {"head": pattern, "layer": pattern.mean(2), "stream": pattern.mean((1, 2))}[sets]
+    least = mean.reshape(-1, K + 1).argmin(-1)  # (rows,)
     assert (before >= 0).sum().item() == len(least) * K
     assert torch.where(cache.evictor.index < 0)[1].tolist() == least.tolist()  # the one free slot per row
 
@@ -175,3 +195,18 @@ def test_strategies_read_only_the_fields_they_declare(name):
                                         scores, f["positions"], torch.Generator().manual_seed(2), None)
     zeroed = {f: v if f in c.evict_fields else torch.zeros_like(v) for f, v in fields.items()}
     torch.testing.assert_close(c.evict_score(build(zeroed), K), c.evict_score(build(fields), K))
+
+
+@pytest.mark.parametrize("sets", ["head", "layer", "stream"])
+def test_a_one_layer_model_evicts_per_head_too(sets):
+    torch.manual_seed(1)
+    one = ADTransformer(ModelConfig(n_transit=WINDOW, tf_n_embd=16, tf_n_layer=1, tf_n_head=2, tf_n_inner=32),
+                        "key-to-door").eval()
+    tokens, c = stream(), make("h2o", K)
+    cache = one.new_evicting_cache(3, c, sets=sets)  # scored by its own attention
+    evicting_rollout(one, tokens, cache)
+    assert cache.evictor.valid.sum(-1).tolist() == [K] * 3 * (2 if sets == "head" else 1)
+    feed = feed_pattern(3, 1, 2)
+    mask = keep_mask(c, tokens, WINDOW, feed=feed, sets=sets)
+    fed = evicting_rollout(one, tokens, one.new_evicting_cache(3, c, feed=feed, sets=sets))
+    torch.testing.assert_close(one(**tokens, keep=mask), fed, atol=1e-5, rtol=0)

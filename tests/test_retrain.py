@@ -85,7 +85,7 @@ def test_evicting_training_masks_whole_windows_as_the_cache_would(tmp_path, tiny
     rolled = torch.stack([model.step(cache, *(tokens[k][:, p] for k in STEP_INPUTS)) for p in range(L)], 1)
     torch.testing.assert_close(model(**tokens, keep=keep), rolled, atol=1e-5, rtol=0)
     with pytest.raises(ValueError, match="keep masks per layer and head must be"):
-        model(**tokens, keep=torch.ones(B, 2, 3, L, L, dtype=torch.bool))
+        model(**tokens, keep=torch.ones(B, 2, 3, L, L, dtype=torch.bool))  # the tiny model has 2 heads
     trainer.fit()
     assert trainer.step == 2
 

@@ -119,13 +119,13 @@ def decision_flops(cfg: ModelConfig, n_actions: int, kept: int | None = None, sc
 @torch.no_grad()
 def decision_cost(model, window: Tokens, name: str, compressor: Compressor | None = None,
                   generator: torch.Generator | None = None, scorer=None, kv: str = "reencode",
-                  per_head: bool | None = None, **timing) -> tuple[float, float]:
+                  sets: str | None = None, **timing) -> tuple[float, float]:
     """``(ms, peak MB)`` of one decision for every row of ``window`` (B, n_transit, ·).
 
     ``name`` ``"none"``: a step of the rolling key/value cache, filled with the first
     ``n_transit - 1`` transitions beforehand; ``"full"``: the whole window re-encoded;
     otherwise ``compressor``'s decision: with ``kv="evict"`` a step of an evicting cache filled
-    the same way (``per_head``: its keep sets, see :meth:`ADTransformer.new_evicting_cache`), else
+    the same way (``sets``: its keep sets, see :meth:`ADTransformer.new_evicting_cache`), else
     :func:`compressed_logits` (attention pass of ``scorer``, default ``model``,
     if needed, selection, re-encoding). Peak MB counts the same two things for every mode: what
     persists between decisions (the key/value cache, or the window of transitions a re-encoding
@@ -135,7 +135,7 @@ def decision_cost(model, window: Tokens, name: str, compressor: Compressor | Non
     if name == "none" or kv == "evict":
         batch = window["actions"].shape[0]
         cache = (model.new_cache(batch) if name == "none"
-                 else model.new_evicting_cache(batch, compressor, generator=generator, per_head=per_head))
+                 else model.new_evicting_cache(batch, compressor, generator=generator, sets=sets))
         fields = [window[k] for k in STEP_INPUTS]
         for i in range(window["actions"].shape[1] - 1):
             model.step(cache, *(f[:, i] for f in fields))

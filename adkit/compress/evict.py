@@ -10,9 +10,10 @@ costs O(K), however long the history.
 
 Conventions (:class:`Evictor`):
 
-* keep sets are per stream: one shared by every layer and head for strategies that do not read
-  attention (their choice would be the same in every head), one per layer and head for those scored
-  by attention, each by its own head (as H2O, SnapKV and TOVA keep theirs);
+* keep sets (:data:`SETS`, a strategy's :attr:`Compressor.evict_sets`): one per stream, shared by every
+  layer and head, for strategies that do not read attention (their choice would be the same in each);
+  one per layer, scored by the heads' mean, for TOVA (``attention``) and ``adaptive``, as TOVA does;
+  one per layer and head, each scored by its own head, for H2O and SnapKV, as they do;
 * the newest token is a candidate like any other (TOVA may evict it; recency never does);
 * the model's window still binds: a transition about to leave the next decision's window
   (``n_transit - 1`` behind it) is evicted first, as the rolling cache overwrites it, so no
@@ -42,6 +43,7 @@ from torch import Tensor
 from adkit.compress.strategies import Compressor, Transitions, keep_top, name_of
 
 STATS = ("current", "accumulated", "window")
+SETS = ("stream", "layer", "head")  # keep sets per stream: one; one per layer; one per layer and head
 KV = ("reencode", "evict")  # the two ways to keep a compressed context: re-encoded each decision, or this cache
 
 NOT_EVICTABLE = {
@@ -51,6 +53,13 @@ NOT_EVICTABLE = {
     "none": "it keeps everything: the full rolling cache is the model's default (no --compressor)",
     "full": "it keeps everything: the full rolling cache is the model's default (no --compressor)",
 }
+
+
+def set_shape(sets: str, n_layer: int, n_head: int) -> tuple[int, int]:
+    """``(layers, heads)`` of independent keep sets per stream for ``sets`` (one of :data:`SETS`)."""
+    if sets not in SETS:
+        raise ValueError(f"keep sets are one of {SETS}, got {sets!r}")
+    return {"stream": (1, 1), "layer": (n_layer, 1), "head": (n_layer, n_head)}[sets]
 
 
 def check_evictable(compressor: Compressor, window: int) -> None:
@@ -69,14 +78,14 @@ class Evictor:
     """The bookkeeping of an evicting cache for ``batch`` streams: K + 1 slots per keep set, what each
     holds, the attention statistics strategies score with, and the eviction step.
 
-    ``sets``: ``(layers, heads)`` keep sets per stream: ``(1, 1)`` one set shared by every layer and
-    head; ``(n_layer, n_head)`` one per layer and head, each scored by its own head's attention (how
-    H2O, SnapKV and TOVA keep their caches). Rows of the slot tensors are ``stream x layer x head``.
-    Per decision: :meth:`add` the new token (it takes each set's free slot), then (for attention-scored
-    strategies) :meth:`observe` each layer's attention, then :meth:`evict`.
-    ``feed``: scores fed instead of the model's own attention (row ``p`` at the decision of token
-    ``p``), ``(B, T, T)`` for shared sets, ``(B, n_layer, n_head, T, T)`` per head; ``generator``:
-    randomness of ``random`` / ``exponential``.
+    ``sets``: ``(layers, heads)`` keep sets per stream (:func:`set_shape`): ``(1, 1)`` one shared by
+    every layer and head, ``(n_layer, 1)`` one per layer, ``(n_layer, n_head)`` one per layer and head;
+    each is scored by the mean attention of the layers and heads it serves. Rows of the slot tensors
+    are ``stream x layer x head``. Per decision: :meth:`add` the new token (it takes each set's free
+    slot), then (for attention-scored strategies) :meth:`observe` each layer's attention, then
+    :meth:`evict`. ``feed``: scores fed instead of the model's own attention (row ``p`` at the decision
+    of token ``p``), each layer's and head's ``(B, n_layer, n_head, T, T)`` (or ``(B, T, T)``, already
+    averaged, for one set per stream); ``generator``: randomness of ``random`` / ``exponential``.
     """
 
     def __init__(self, compressor: Compressor, batch: int, window: int, feed: Tensor | None = None,
@@ -88,10 +97,14 @@ class Evictor:
         self.stat = getattr(compressor, "evict_attention", "current")
         groups = sets[0] * sets[1]
         if feed is not None:
-            want = (batch, *(sets if groups > 1 else ()))
-            if tuple(feed.shape[:-2]) != want:
-                raise ValueError(f"fed scores of shape {tuple(feed.shape)} do not fit {batch} streams with "
-                                 f"{sets} keep sets: expected {(*want, 'T', 'T')}")
+            per_head = feed.dim() == 5 and feed.shape[0] == batch and all(
+                n in (1, f) for n, f in zip(sets, feed.shape[1:3]))
+            if not (per_head or (feed.dim() == 3 and feed.shape[0] == batch and groups == 1)):
+                raise ValueError(f"fed scores of shape {tuple(feed.shape)} do not fit {batch} streams with {sets} "
+                                 "(layers, heads) keep sets: expected (B, n_layer, n_head, T, T), or (B, T, T) "
+                                 "for one set per stream")
+            if per_head and sets[1] == 1:  # each set scored by the mean over the layers and heads it serves
+                feed = feed.mean((1, 2) if sets[0] == 1 else 2, keepdim=True)
             feed = feed.reshape(batch * groups, *feed.shape[-2:])  # (rows, T, T)
         self.feed = feed
         # the transitions of each stream's last ``window`` tokens (a ring, token p at p % window): slots
@@ -150,19 +163,22 @@ class Evictor:
 
     def observe(self, pattern: Tensor) -> None:
         """One layer's attention of the deciding query, ``(B, H, 1, K + 1)`` over its sets' slots."""
-        if self.sets == (1, 1):
-            self.current += pattern.mean(1)[:, 0]
+        layers, heads = self.sets
+        p = pattern[:, :, 0] if heads > 1 else pattern.mean(1)  # (B, heads, K + 1)
+        now = self.per_layer(self.current, self.layers_seen)  # (B, heads, K + 1), a view
+        if layers == 1:
+            now += p  # summed over layers; :meth:`_scores_now` averages
         else:
-            self.per_layer(self.current, self.layers_seen).copy_(pattern[:, :, 0])
+            now.copy_(p)
         self.layers_seen += 1
 
     def _scores_now(self) -> Tensor:
-        """``(rows, K + 1)`` this decision's attention per slot: the layer mean (shared sets), each
-        head's own (per head), or the fed row."""
+        """``(rows, K + 1)`` this decision's attention per slot (averaged over the layers and heads
+        each set serves), or the fed row."""
         if self.feed is not None:
             row = self.feed[:, self.length]  # (rows, T)
             return row.gather(1, self.index.clamp_min(0)) * self.valid
-        return self.current / (max(1, self.layers_seen) if self.sets == (1, 1) else 1)
+        return self.current / (max(1, self.layers_seen) if self.sets[0] == 1 else 1)
 
     def evict(self) -> None:
         """End the decision: update the statistics and, once K + 1 are held, evict one per keep set."""
@@ -198,17 +214,21 @@ class Evictor:
 
 @torch.no_grad()
 def keep_mask(compressor: Compressor, tokens, window: int, feed: Tensor | None = None,
-              generator: torch.Generator | None = None) -> Tensor:
+              generator: torch.Generator | None = None, sets: str | None = None) -> Tensor:
     """Which tokens each query of ``tokens`` (B, L, ·) attends to under an evicting cache that started
     empty at the first token: query ``p`` sees what the cache held after decision ``p - 1``, plus
-    itself. ``(B, L, L)`` bool; ``(B, n_layer, n_head, L, L)`` when ``feed`` (the scores of strategies
-    scored by attention) is given per layer and head ``(B, n_layer, n_head, L, L)``."""
+    itself. Strategies scored by attention need ``feed``, a scorer's ``(B, n_layer, n_head, L, L)``
+    (or ``(B, L, L)`` for one set per stream). ``sets`` (default the strategy's own) as in
+    :data:`SETS`. Returns bool ``(B, L, L)`` for one set per stream, else ``(B, layers, heads, L, L)``."""
     B, L = tokens["actions"].shape
     if compressor.needs_attention and feed is None:
         raise ValueError(f"{name_of(compressor)} scores by attention: replaying its eviction "
                          "without the model needs the scores fed (feed=, e.g. a scorer's pattern)")
-    sets = tuple(feed.shape[1:3]) if feed is not None and feed.dim() == 5 else (1, 1)
-    ev = Evictor(compressor, B, window, feed, generator, tokens["actions"].device, sets)
+    sets = sets or compressor.evict_sets
+    if sets != "stream" and (feed is None or feed.dim() != 5):
+        raise ValueError(f"keep sets per {sets} need the scores fed per layer and head (B, n_layer, n_head, L, L)")
+    shape = (1, 1) if sets == "stream" else set_shape(sets, *feed.shape[1:3])
+    ev = Evictor(compressor, B, window, feed, generator, tokens["actions"].device, shape)
     mask = torch.zeros(len(ev.rows), L, L + 1, dtype=torch.bool, device=tokens["actions"].device)  # column L: free
     for p in range(L):
         ev.add(tokens["states"][:, p], tokens["actions"][:, p], tokens["rewards"][:, p],
@@ -216,4 +236,4 @@ def keep_mask(compressor: Compressor, tokens, window: int, feed: Tensor | None =
         mask[:, p].scatter_(1, ev.index.masked_fill(~ev.valid, L), True)  # held tokens' columns
         ev.evict()
     mask = mask[..., :L]  # (rows, L, L)
-    return mask if sets == (1, 1) else mask.view(B, *sets, L, L)
+    return mask if shape == (1, 1) else mask.view(B, *shape, L, L)

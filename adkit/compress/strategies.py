@@ -196,6 +196,7 @@ class Compressor:
     aliases: ClassVar[tuple[str, ...]] = ()  # the original constructor names of ``budget``
     needs_attention: ClassVar[bool] = False  # whether ``select`` must be given attention
     evict_attention: ClassVar[str] = "current"  # what an evicting cache scores with (adkit.compress.evict.STATS)
+    evict_sets: ClassVar[str] = "stream"  # an evicting cache's keep sets (adkit.compress.evict.SETS)
     # the transition fields ``evict_score`` reads; an evicting cache hands the others over as zeros
     evict_fields: ClassVar[tuple[str, ...]] = ("states", "actions", "rewards", "next_states", "positions")
     budget: int
@@ -301,6 +302,7 @@ class AttentionBasedCompressor(Compressor):
 
     budget: int
     needs_attention = True
+    evict_sets = "layer"  # one per layer, the heads' mean (TOVA)
     evict_fields = ()  # attention and order only
 
     def score(self, h, k):
@@ -347,6 +349,7 @@ class AdaptiveCompressor(Compressor):
     ratio_threshold: float = 2.0
     entropy_threshold: float = 0.9
     needs_attention = True
+    evict_sets = "layer"  # one per layer, the heads' mean (TOVA)
     evict_fields = ()  # attention and order only
     MODES: ClassVar[tuple[str, ...]] = ("recency", "uniform", "attention")
 
@@ -428,6 +431,7 @@ class HeavyHitterCompressor(Compressor):
     budget: int
     recent_ratio: float = 0.5
     needs_attention = True
+    evict_sets = "head"  # one per layer and head
     evict_fields = ()  # attention and order only
     evict_attention = "accumulated"
 
@@ -452,6 +456,7 @@ class SnapKVCompressor(Compressor):
     window: int = 8
     pool: int = 3
     needs_attention = True
+    evict_sets = "head"  # one per layer and head
     evict_fields = ()  # attention and order only
     evict_attention = "window"
 
@@ -580,7 +585,7 @@ class ProfileCompressor(Compressor):
         self.size = None if self.size is None else _count(self.size, "size", low=0)
         self.inner = rule_compressor(self.budget, self.rule, self.size)
         self.needs_attention, self.evict_attention = self.inner.needs_attention, self.inner.evict_attention
-        self.evict_fields = self.inner.evict_fields
+        self.evict_fields, self.evict_sets = self.inner.evict_fields, self.inner.evict_sets
 
     def keep_count(self, h):
         return self.inner.keep_count(h)

@@ -33,7 +33,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from adkit.compress.evict import Evictor
+from adkit.compress.evict import Evictor, set_shape
 from adkit.config import ModelConfig
 from adkit.envs import spec as env_spec
 from adkit.model.cache import EvictingCache, KVCache
@@ -196,12 +196,12 @@ class ADTransformer(nn.Module):
         if keep is not None:
             keep = keep[:, None, None] if keep.dim() == 3 else keep  # (B, n_layer or 1, n_head or 1, L, L)
             sets = (self.cfg.tf_n_layer, self.cfg.tf_n_head)
-            if tuple(keep.shape[1:3]) not in ((1, 1), sets):
-                raise ValueError(f"keep masks per layer and head must be (B, {sets[0]}, {sets[1]}, L, L) for this "
-                                 f"model, got {tuple(keep.shape)}")
+            if not all(n in (1, full) for n, full in zip(keep.shape[1:3], sets)):
+                raise ValueError(f"keep masks per layer and head must be (B, 1 or {sets[0]}, 1 or {sets[1]}, L, L) "
+                                 f"for this model, got {tuple(keep.shape)}")
         explicit = self._hooked()
         for layer, block in enumerate(self.blocks):
-            m = mask if keep is None else mask & keep[:, layer % keep.shape[1]]  # (L, L) or (B, H or 1, L, L)
+            m = mask if keep is None else mask & keep[:, layer % keep.shape[1]]  # (L, L) or (B, 1 or H, L, L)
             x = block(x, cos, sin, m, explicit=explicit)
         return self.head(self.ln_f(x))
 
@@ -211,17 +211,16 @@ class ADTransformer(nn.Module):
                        self.head.weight.device)
 
     def new_evicting_cache(self, batch: int, compressor, feed=None, generator=None,
-                           per_head: bool | None = None) -> EvictingCache:
+                           sets: str | None = None) -> EvictingCache:
         """A cache of at most ``compressor.budget`` transitions per keep set, evicted by ``compressor``;
-        one keep set per layer and head when ``per_head`` (default: for strategies scored by attention),
-        else one per stream (``feed``, ``generator``: see :class:`adkit.compress.evict.Evictor`)."""
+        ``sets``: one keep set per ``"stream"``, ``"layer"`` or ``"head"`` (default the strategy's
+        ``evict_sets``); ``feed``, ``generator``: see :class:`adkit.compress.evict.Evictor`."""
         if self.positions == "renumber":
             raise ValueError("an evicting cache keeps each transition's original rotary position (keys are cached "
                              "rotated); this model reads renumbered contexts: evaluate it with --kv reencode")
         c = self.cfg
-        per_head = compressor.needs_attention if per_head is None else per_head
-        sets = (c.tf_n_layer, c.tf_n_head) if per_head else (1, 1)
-        evictor = Evictor(compressor, batch, c.n_transit, feed, generator, self.head.weight.device, sets)
+        shape = set_shape(sets or compressor.evict_sets, c.tf_n_layer, c.tf_n_head)
+        evictor = Evictor(compressor, batch, c.n_transit, feed, generator, self.head.weight.device, shape)
         return EvictingCache(c.tf_n_layer, c.tf_n_head, c.tf_n_embd // c.tf_n_head, evictor)
 
     @torch.no_grad()
