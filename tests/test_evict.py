@@ -175,11 +175,35 @@ def test_replaying_attention_scores_needs_them_fed():
         keep_mask(make("h2o", K), stream(), WINDOW)
 
 
-def test_renumbered_models_have_no_evicting_cache():
-    m = ADTransformer(ModelConfig(n_transit=WINDOW, tf_n_embd=16, tf_n_layer=2, tf_n_head=2, tf_n_inner=32),
-                      positions="renumber")
-    with pytest.raises(ValueError, match="original rotary position"):
-        m.new_evicting_cache(2, make("recency", K))
+def renumbered(n_layer: int) -> ADTransformer:
+    torch.manual_seed(2)
+    cfg = ModelConfig(n_transit=WINDOW, tf_n_embd=16, tf_n_layer=n_layer, tf_n_head=2, tf_n_inner=32)
+    return ADTransformer(cfg, "key-to-door", positions="renumber").eval()
+
+
+@pytest.mark.parametrize("name", ["random", "reward-recent", "attention"])
+def test_renumbered_models_read_the_held_transitions_numbered_0_to_k(name):
+    """One layer (so cached keys and values depend on their token alone): each decision equals the model
+    re-encoding what the cache holds, numbered 0..K - 1 in order, the decision's token K."""
+    m, tokens = renumbered(1), stream()
+    cache = m.new_evicting_cache(3, make(name, K), generator=torch.Generator().manual_seed(5), sets="stream")
+    for p in range(L):
+        held = cache.evictor.index.masked_fill(~cache.evictor.valid, L).sort(-1).values[:, :min(p, K)]  # (B, ·)
+        context = tokens.gather(torch.cat([held, torch.full((3, 1), p)], 1), renumber=True)
+        step = m.step(cache, *(tokens[k][:, p] for k in STEP_INPUTS))
+        assert context["positions"][0].tolist() == list(range(min(p, K) + 1))
+        torch.testing.assert_close(step, m(**context)[:, -1], atol=1e-5, rtol=0)
+
+
+def test_renumbered_recency_is_the_original_sliding_window():
+    """Recency holds consecutive transitions, so numbering them 0..K keeps their offsets: through 3
+    layers the renumbered cache computes what the same weights compute at the stream's own positions."""
+    m, tokens = renumbered(3), stream()
+    original = copy.deepcopy(m)
+    original.positions = "original"
+    rolled = evicting_rollout(m, tokens, m.new_evicting_cache(3, make("recency", K)))
+    torch.testing.assert_close(rolled, evicting_rollout(original, tokens, original.new_evicting_cache(
+        3, make("recency", K))), atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize("name", SCORED + ["profile"])

@@ -97,6 +97,7 @@ def test_evicting_training_masks_whole_windows_as_the_cache_would(tmp_path, tiny
     ({"strategy": "oracle", "budget": 5}, "cannot compress training windows"),
     ({"strategy": "threshold", "budget": 5, "kv": "evict"}, "no evicting-cache form"),
     ({"strategy": "recency", "budget": 5, "kv": "cache"}, "compress.kv must be 'reencode' or 'evict'"),
+    ({"strategy": "recency", "budget": 5, "kv": "evict", "positions": "renumber"}, "gives each query other positions"),
 ])
 def test_trainer_refuses_bad_compression_settings(tmp_path, tiny_hist, compress_cfg, message):
     with pytest.raises(ValueError, match=message):

@@ -18,7 +18,10 @@ Conventions (:class:`Evictor`):
 * the model's window still binds: a transition about to leave the next decision's window
   (``n_transit - 1`` behind it) is evicted first, as the rolling cache overwrites it, so no
   decision sees an offset the model was never trained on;
-* positions stay the stream's own (rotary): kept keys were rotated when cached.
+* positions stay the stream's own (rotary): kept keys were rotated when cached; a model trained on
+  renumbered contexts (``positions="renumber"``) gets them renumbered instead, the K held ``0..K - 1``
+  in order and the decision K, each eviction rotating the keys after it one position back
+  (:meth:`Evictor.shifted`).
 
 What a strategy scores with (:attr:`Compressor.evict_attention`), per cached entry: ``"current"``,
 the deciding query's attention (TOVA: the ``attention`` strategy, ``adaptive``); ``"accumulated"``,
@@ -127,6 +130,7 @@ class Evictor:
         self.rows = torch.arange(rows, device=device)
         self.stream = torch.arange(batch, device=device).repeat_interleave(groups)  # (rows,) stream of each row
         self.slot = torch.zeros(rows, dtype=torch.long, device=device)  # (rows,) slot of the newest token
+        self.gone: Tensor | None = None  # (rows,) the last eviction's place in the order, oldest 0 (None: none yet)
 
     @property
     def wants_attention(self) -> bool:
@@ -210,6 +214,16 @@ class Evictor:
         slot = self.order[self.rows, gone]  # (rows,) emptied; it goes to the end of the order for the next token
         self.index[self.rows, slot], self.valid[self.rows, slot] = -1, False
         self.order = torch.cat([self.order.gather(1, kept), slot[:, None]], 1)
+        self.gone = gone
+
+    def shifted(self) -> Tensor | None:
+        """``(rows, K + 1)`` bool: the slots the last eviction moved one place earlier in the order (those
+        after the evicted entry), which a renumbered context numbers one lower; None if nothing was evicted."""
+        if self.gone is None or self.length <= self.budget:
+            return None
+        place = torch.arange(self.budget + 1, device=self.order.device)  # (K + 1,) places in the new order
+        moved = (place >= self.gone[:, None]) & (place < self.budget)  # (rows, K + 1) by place
+        return torch.zeros_like(moved).scatter_(1, self.order, moved)  # by slot
 
 
 @torch.no_grad()

@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 
 from adkit.compress.evict import Evictor
+from adkit.model.rope import apply_rope
 
 
 class KVCache:
@@ -31,6 +32,11 @@ class KVCache:
         self.k = [torch.zeros(shape, device=device) for _ in range(n_layer)]
         self.v = [torch.zeros(shape, device=device) for _ in range(n_layer)]
         self.window, self.length = window, 0  # tokens written so far
+
+    @property
+    def position(self) -> int:
+        """Rotary position of the next token: its index in the stream."""
+        return self.length
 
     def add(self, *transition) -> None:
         """A new token (its transition is not needed: the ring overwrites the oldest)."""
@@ -56,11 +62,15 @@ class EvictingCache:
     (one set per stream, or one per layer and head: :class:`~adkit.compress.evict.Evictor`).
 
     K + 1 slots per layer and head: the K kept between decisions and the deciding token's own. Keys
-    are cached rotated at their stream positions, which therefore stay the original ones.
+    are cached rotated at their stream positions, which therefore stay the original ones; with
+    ``back`` (the rotary ``(cos, sin)`` of one position back, for models that read renumbered
+    contexts) they are cached at their place ``0..K`` among the held instead, and each eviction
+    rotates the keys after the evicted one back by one.
     """
 
-    def __init__(self, n_layer: int, n_head: int, head_dim: int, evictor: Evictor):
-        self.evictor = evictor
+    def __init__(self, n_layer: int, n_head: int, head_dim: int, evictor: Evictor,
+                 back: tuple[torch.Tensor, torch.Tensor] | None = None):
+        self.evictor, self.back = evictor, back
         batch = evictor.batch
         shape = (batch, n_head, evictor.budget + 1, head_dim)
         device = evictor.index.device
@@ -72,6 +82,11 @@ class EvictingCache:
     @property
     def length(self) -> int:
         return self.evictor.length
+
+    @property
+    def position(self) -> int:
+        """Rotary position of the next token: its index in the stream, or its place among the held."""
+        return self.length if self.back is None else min(self.length, self.evictor.budget)
 
     @property
     def wants_attention(self) -> bool:
@@ -94,7 +109,14 @@ class EvictingCache:
         self.evictor.observe(pattern)
 
     def advance(self) -> None:
-        self.evictor.evict()
+        ev = self.evictor
+        ev.evict()
+        moved = ev.shifted() if self.back is not None else None
+        if moved is None:
+            return
+        for layer, k in enumerate(self.k):  # renumbered: the keys after the evicted one move one place back
+            m = ev.per_layer(moved, layer)[..., None]  # (B, 1 or H, K + 1, 1)
+            self.k[layer] = torch.where(m, apply_rope(k, *self.back), k)
 
     def nbytes(self) -> int:
         """Bytes held between decisions: keys, values and the eviction bookkeeping."""

@@ -110,6 +110,10 @@ def window_compressor(cfg: Config, scorer=None, **kw) -> Compressor | None:
     compressor = build(c.strategy, c.budget, scorer, cfg.env.name, **kw)
     if c.kv == "evict":
         check_evictable(compressor, cfg.model.n_transit)
+        if c.positions == "renumber":
+            raise ValueError("compress.kv 'evict' trains whole windows at the stream's own positions (one keep mask "
+                             "per query); a renumbered context gives each query other positions: use "
+                             "compress.positions 'original', or compress.kv 'reencode' to train renumbered")
     if compressor.needs_attention and scorer is None:
         raise ValueError(f"compress.strategy {c.strategy!r} scores transitions by attention: pass scorer= (the "
                          "full-context model whose attention picks what each window keeps)")

@@ -38,22 +38,10 @@ from adkit.config import ModelConfig
 from adkit.envs import spec as env_spec
 from adkit.model.cache import EvictingCache, KVCache
 from adkit.model.hooks import ActivationCache, HookPoint
+from adkit.model.rope import apply_rope, rope_angles
 
 POSITIONS = ("original", "renumber")
 RETURN_LEVELS = 4  # episode returns so far that model.episode_return tells apart (0, 1, 2, 3 or more)
-
-
-def rope_angles(positions: torch.Tensor, dim: int, base: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos/sin of rotary angles for integer ``positions`` (B, L) -> two (B, 1, L, dim/2)."""
-    inv_freq = base ** (-torch.arange(0, dim, 2, dtype=torch.float32, device=positions.device) / dim)  # (dim/2,)
-    angles = positions.to(torch.float32)[:, None, :, None] * inv_freq  # (B, 1, L, dim/2)
-    return angles.cos(), angles.sin()
-
-
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate channel pairs of ``x`` (B, H, L, dh) by the given angles."""
-    x1, x2 = x[..., 0::2], x[..., 1::2]  # (B, H, L, dh/2) each
-    return torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).flatten(-2)  # (B, H, L, dh)
 
 
 def window_mask(n_query: int, n_key: int, window: int, device=None) -> torch.Tensor:
@@ -215,13 +203,14 @@ class ADTransformer(nn.Module):
         """A cache of at most ``compressor.budget`` transitions per keep set, evicted by ``compressor``;
         ``sets``: one keep set per ``"stream"``, ``"layer"`` or ``"head"`` (default the strategy's
         ``evict_sets``); ``feed``, ``generator``: see :class:`adkit.compress.evict.Evictor`."""
-        if self.positions == "renumber":
-            raise ValueError("an evicting cache keeps each transition's original rotary position (keys are cached "
-                             "rotated); this model reads renumbered contexts: evaluate it with --kv reencode")
         c = self.cfg
+        device = self.head.weight.device
         shape = set_shape(sets or compressor.evict_sets, c.tf_n_layer, c.tf_n_head)
-        evictor = Evictor(compressor, batch, c.n_transit, feed, generator, self.head.weight.device, shape)
-        return EvictingCache(c.tf_n_layer, c.tf_n_head, c.tf_n_embd // c.tf_n_head, evictor)
+        evictor = Evictor(compressor, batch, c.n_transit, feed, generator, device, shape)
+        back = None  # renumbered contexts: the rotation of one position back, for keys an eviction moves
+        if self.positions == "renumber":
+            back = rope_angles(torch.full((1, 1), -1, device=device), c.tf_n_embd // c.tf_n_head, c.rope_base)
+        return EvictingCache(c.tf_n_layer, c.tf_n_head, c.tf_n_embd // c.tf_n_head, evictor, back)
 
     @torch.no_grad()
     def step(self, cache: KVCache | EvictingCache, states, actions, rewards, next_states, queries,
@@ -229,10 +218,11 @@ class ADTransformer(nn.Module):
         """One rollout step: append one transition per row (B, ·) and return logits (B, A).
 
         Costs O(n_transit) per layer whatever the history length (O(K) with an evicting
-        cache). The token's rotary position is its index in the stream (``cache.length``).
+        cache). The token's rotary position is ``cache.position``: its index in the stream
+        (its place among the held for an evicting cache of a renumbered model).
         """
         cache.add(states, actions, rewards, next_states)
-        pos = torch.full((actions.shape[0], 1), cache.length, device=actions.device)  # (B, 1)
+        pos = torch.full((actions.shape[0], 1), cache.position, device=actions.device)  # (B, 1)
         x = self.embed(states[:, None], actions[:, None], rewards[:, None], next_states[:, None], queries[:, None],
                        pos, None if episode_return is None else episode_return[:, None])  # (B, 1, d)
         cos, sin = rope_angles(pos, self.cfg.tf_n_embd // self.cfg.tf_n_head, self.cfg.rope_base)
