@@ -129,6 +129,7 @@ class Evictor:
         self.layers_seen, self.length = 0, 0  # layers observed this decision; tokens added so far
         self.rows = torch.arange(rows, device=device)
         self.stream = torch.arange(batch, device=device).repeat_interleave(groups)  # (rows,) stream of each row
+        self.stream_start = torch.arange(batch, device=device) * window  # (B,) where each stream's ring begins
         self.slot = torch.zeros(rows, dtype=torch.long, device=device)  # (rows,) slot of the newest token
         self.gone: Tensor | None = None  # (rows,) the last eviction's place in the order, oldest 0 (None: none yet)
 
@@ -148,7 +149,7 @@ class Evictor:
 
     def add(self, states, actions, rewards, next_states, positions=None) -> Tensor:
         """Put token ``length`` (fields ``(B, ·)``) in each keep set's free slot; returns the slots ``(rows,)``."""
-        at = torch.arange(0, len(self.ring["actions"]), self.window, device=actions.device) + self.length % self.window
+        at = self.stream_start + self.length % self.window  # (B,) each stream's ring entry for this token
         pos = torch.full_like(actions, self.length) if positions is None else positions
         for name, value in (("states", states), ("actions", actions), ("rewards", rewards),
                             ("next_states", next_states), ("positions", pos)):
@@ -197,13 +198,14 @@ class Evictor:
             return
         held = self.index.gather(1, self.order)  # (rows, K + 1) token indices, chronological
         reads = self.compressor.evict_fields
-        flat = (self.stream[:, None] * self.window + held % self.window).view(-1) if reads else None  # into the rings
+        flat = (self.stream_start[self.stream, None] + held % self.window).view(-1) if reads else None  # rings
         field = {name: t.index_select(0, flat).view(*held.shape, *t.shape[1:]) if name in reads
                  else t.new_zeros(()).expand(*held.shape, *t.shape[1:]) for name, t in self.ring.items()}
         stat = None
         if scored:  # (rows, K + 1) chronological
-            stat = {"current": lambda: now, "accumulated": lambda: self.accumulated,
-                    "window": lambda: self.recent.mean(0)}[self.stat]().gather(1, self.order)
+            stat = now if self.stat == "current" else self.accumulated if self.stat == "accumulated" \
+                else self.recent.mean(0)
+            stat = stat.gather(1, self.order)
         h = Transitions.build(type(self.compressor).__name__, field["states"], field["actions"], field["rewards"],
                               field["next_states"], stat, field["positions"], self.generator, None)
         scores = self.compressor.evict_score(h, self.budget).float()  # (rows, K + 1)
@@ -219,7 +221,7 @@ class Evictor:
     def shifted(self) -> Tensor | None:
         """``(rows, K + 1)`` bool: the slots the last eviction moved one place earlier in the order (those
         after the evicted entry), which a renumbered context numbers one lower; None if nothing was evicted."""
-        if self.gone is None or self.length <= self.budget:
+        if self.gone is None:
             return None
         place = torch.arange(self.budget + 1, device=self.order.device)  # (K + 1,) places in the new order
         moved = (place >= self.gone[:, None]) & (place < self.budget)  # (rows, K + 1) by place
