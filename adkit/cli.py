@@ -114,7 +114,8 @@ def cmd_study(args) -> int:
     from adkit.study.cells import CellsFailed
 
     run = _saved_run(args, study={"seeds": args.seeds, "episodes": args.episodes, "steps": args.steps,
-                                  "workers": args.workers, "executor": args.executor, "address": args.address})
+                                  "init": args.init, "workers": args.workers, "executor": args.executor,
+                                  "address": args.address})
     if args.mode == "training-free":
         df = training_free.training_free_study(run, args.compressors, args.budgets, kvs=args.kv)
         md, png, cost = training_free.write_outputs(df, run.study)
@@ -233,6 +234,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seeds", type=int, default=None, help="training and evaluation seeds (default: study.seeds)")
     s.add_argument("--episodes", type=int, default=None, help="episodes per rollout (default: study.episodes)")
     s.add_argument("--steps", type=int, default=None, help="training steps per retrained model (default: study.steps)")
+    s.add_argument("--init", choices=["scratch", "run"], default=None,
+                   help="retrained models start from scratch, or fine-tune the run's model (default: study.init)")
     s.add_argument("--workers", type=int, default=None, help="retrained cells at once (default: study.workers)")
     s.add_argument("--executor", choices=["local", "ray"], default=None,
                    help="where retrained cells run (default: study.executor): this machine, or Ray")

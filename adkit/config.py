@@ -107,6 +107,7 @@ class TrainConfig:
     val_batches: int = 4  # batches per validation pass (held-out streams of train tasks)
     val_streams: float = 0.05  # share of each train task's streams kept for validation
     seed: int = 0  # seed of initialisation and batch sampling
+    init: str = ""  # start from this run's weights (its folder or model.safetensors): fine-tuning; "": random init
     threads: int = 0  # torch threads of this run; 0: $ADKIT_THREADS or a fair share of the cores (adkit.threads)
     extra_seeds: list[int] = field(default_factory=list)  # more training seeds (notebook 01: <run>/seeds/seedS)
     tensorboard: bool = False  # also write TensorBoard event files to <run>/tensorboard (needs the tensorboard package)
@@ -175,6 +176,7 @@ class StudyConfig:
     seeds: int = 3  # training seeds of retrained cells, evaluation seeds of training-free ones
     episodes: int = 0  # in-context episodes per rollout; 0: eval.episodes
     steps: int = 0  # training steps of every retrained model; 0: train.steps
+    init: str = "scratch"  # retrained models start from "scratch" or from the run's own model ("run": fine-tuned)
     decisions: int = 16  # recorded decisions per stream for agreement and KL (training-free)
     kv: list[str] = field(default_factory=lambda: ["reencode", "evict"])  # compressed contexts kept as (compress.kv)
     workers: int = 1  # retrained cells trained at once on this machine (executor local), one process each

@@ -129,8 +129,10 @@ class Run:
         return replace(self, dir=self.dir / "seeds" / f"seed{seed}", cfg=cfg)
 
     def cell(self, name: str, budget: int, seed: int, kv: str = "reencode") -> Path:
-        """The run directory of one retrained cell of the study (``-evict``: trained for an evicting cache)."""
-        return self.study / "retrained" / f"{name}-b{budget}-s{seed}{'-evict' if kv == 'evict' else ''}"
+        """The run directory of one retrained cell of the study (``-evict``: trained for an evicting cache;
+        ``-ft``: fine-tuned from this run's model, ``study.init: run``)."""
+        suffix = ("-evict" if kv == "evict" else "") + ("-ft" if self.cfg.study.init == "run" else "")
+        return self.study / "retrained" / f"{name}-b{budget}-s{seed}{suffix}"
 
 
 FILES = {  # Run attribute -> its path inside the run directory (the layout in the module doc)

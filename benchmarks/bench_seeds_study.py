@@ -5,7 +5,7 @@ than the spread.
     OMP_NUM_THREADS=1 python benchmarks/bench_seeds_study.py \
         --runs results/key-to-door/seed0 results/key-to-door/seed1 results/key-to-door/seed2 \
         --budgets 50 25 --kv evict --episodes 50 [--compressors recency h2o ...] [--out results/k2d-study.csv]
-        [--retrain reward-recent [--retrain-only]]
+        [--retrain reward-recent ... [--fine-tune STEPS] [--workers 2] [--retrain-only]]
 
 Each run (one training seed of a profile, e.g. the run folders ``bench_incontext.py`` keeps) gets
 :func:`adkit.study.training_free.training_free_study` on its held-out tasks with evaluation seed 0,
@@ -15,12 +15,15 @@ training seeds (sample std, ddof=1, and min-max). The recommended strategy is th
 recommends most often across layers of each run (``RUN/attention/insights.json``; ``adkit attention``
 writes it), else ``--recommended``.
 
-``--retrain NAME`` also trains NAME again for an evicting cache at each budget (``compress.kv: evict``,
-per-query keep masks; each run's own config, training seed and steps) and evaluates it with that
-cache on the run's ``eval.seeds`` streams per held-out task; its share is over the run's own
-full-context model on the same streams (the retrained study's ``none`` model would be that same
-model: same config, seed and steps). Cells train in ``RUN/study/retrained/`` and resume if interrupted;
-``--retrain-only`` skips the training-free part.
+``--retrain NAME ...`` also trains each NAME again for an evicting cache at each budget (``compress.kv:
+evict``, per-query keep masks; each run's own config and training seed) and evaluates it with that cache
+on the run's ``eval.seeds`` streams per held-out task. From scratch (the run's steps), its share is over
+the run's own full-context model on the same streams (the retrained study's ``none`` model would be that
+same model: same config, seed and steps). With ``--fine-tune STEPS`` each cell starts from the run's model
+and trains STEPS steps (``study.init: run``) in the run's retrained study
+(:func:`adkit.study.retrained.retrained_study`, ``--workers`` cells at once), and its share is over the
+run's model fine-tuned as long with its full context (the study's ``none`` cell). Cells train in
+``RUN/study/retrained/`` and resume if interrupted; ``--retrain-only`` skips the training-free part.
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ from adkit.model.evaluate import rollout
 from adkit.paths import resolve
 from adkit.run import Run
 from adkit.study.cells import share
-from adkit.study.retrained import recommended, run_cell
+from adkit.study.retrained import recommended, retrained_study, run_cell
 from adkit.study.training_free import study_compressors, training_free_study
 
 
@@ -52,8 +55,9 @@ def per_seed(run_dirs: list[str], compressors, budgets, kvs, episodes: int) -> p
     return pd.concat(tables, ignore_index=True)
 
 
-def retrained_evict(run_dirs: list[str], name: str, budgets, episodes: int) -> pd.DataFrame:
-    """One retrained evicting-cache cell per run and budget, against the run's own full-context model."""
+def retrained_evict(run_dirs: list[str], names: list[str], budgets, episodes: int) -> pd.DataFrame:
+    """Each of ``names`` retrained from scratch for the evicting cache, per run and budget, against the
+    run's own full-context model."""
     rows = []
     for i, d in enumerate(run_dirs):
         run = Run.open(resolve(d))
@@ -61,12 +65,29 @@ def retrained_evict(run_dirs: list[str], name: str, budgets, episodes: int) -> p
         streams = [1000 * seed + j for j in range(run.cfg.eval.seeds)]  # the streams run_cell evaluates on
         full = rollout(load(run.weights), run.cfg.env.name, run.test_tasks, seeds=streams, episodes=episodes,
                        progress=False).returns.mean()
-        for budget in budgets:
-            row = run_cell(run, name, budget, seed, "evict", run.cfg.train.steps, episodes, {}, progress=True)
-            rows.append({**row, "mode": "retrained", "full_return": float(full), "run": str(d), "train_seed": i})
-            print(f"{d}: {name} @ {budget} retrained for the evicting cache: {row['return']:.3f} against "
-                  f"{full:.3f} full context ({100 * row['return'] / full:.1f}%)", flush=True)
+        for name in names:
+            for budget in budgets:
+                row = run_cell(run, name, budget, seed, "evict", run.cfg.train.steps, episodes, {}, progress=True)
+                rows.append({**row, "full_return": float(full), "run": str(d), "train_seed": i})
+                print(f"{d}: {name} @ {budget} retrained for the evicting cache: {row['return']:.3f} against "
+                      f"{full:.3f} full context ({100 * row['return'] / full:.1f}%)", flush=True)
     df = pd.DataFrame(rows)
+    return df.assign(share=share(df))
+
+
+def fine_tuned_evict(run_dirs: list[str], names: list[str], budgets, episodes: int, steps: int,
+                     workers: int) -> pd.DataFrame:
+    """Each run's retrained study for the evicting cache, every cell (and the full-context ``none``)
+    fine-tuned from the run's model for ``steps`` steps."""
+    tables = []
+    for i, d in enumerate(run_dirs):
+        run = Run.open(resolve(d))
+        st = dataclasses.replace(run.cfg.study, init="run", steps=steps, episodes=episodes, workers=workers)
+        run = run.with_config(dataclasses.replace(run.cfg, study=st))
+        df = retrained_study(run, names, budgets, seeds=[run.cfg.train.seed], kvs=["evict"])
+        tables.append(df.assign(run=str(d), train_seed=i))
+        print(f"{d}: {len(df)} fine-tuned cells", flush=True)
+    df = pd.concat(tables, ignore_index=True)
     return df.assign(share=share(df))
 
 
@@ -104,15 +125,18 @@ def main() -> None:
     p.add_argument("--episodes", type=int, default=50)
     p.add_argument("--recommended", default="attention", help="when a run has no insights.json")
     p.add_argument("--out", default=None, help="also write every cell of every run here (CSV)")
-    p.add_argument("--retrain", default=None, help="also retrain this strategy for the evicting cache")
+    p.add_argument("--retrain", nargs="+", default=None, help="also retrain these strategies for the evicting cache")
+    p.add_argument("--fine-tune", type=int, default=0, metavar="STEPS",
+                   help="with --retrain: start each model from the run's and train STEPS steps (0: from scratch)")
+    p.add_argument("--workers", type=int, default=1, help="with --fine-tune: cells trained at once")
     p.add_argument("--retrain-only", action="store_true", help="with --retrain: skip the training-free study")
     args = p.parse_args()
     df = pd.DataFrame()
+    recs = [recommended(Run.open(resolve(d))) for d in args.runs]
+    rec = Counter(r for r in recs if r).most_common(1)[0][0] if any(recs) else args.recommended
     if not args.retrain_only:
         compressors = args.compressors or [c for c in study_compressors() if c != "oracle"]
         df = per_seed(args.runs, compressors, args.budgets, args.kv, args.episodes)
-        recs = [recommended(Run.open(resolve(d))) for d in args.runs]
-        rec = Counter(r for r in recs if r).most_common(1)[0][0] if any(recs) else args.recommended
         table = spread_table(df)
         print(f"\nshare of the full-context return over {len(args.runs)} training seeds (evaluation seed 0, "
               f"{args.episodes} episodes, held-out tasks):")
@@ -120,9 +144,14 @@ def main() -> None:
         print(f"\nrecommended from the attention: `{rec}` (per run: {recs})")
         print("\n".join(verdicts(table, rec)))
     if args.retrain:
-        re_df = retrained_evict(args.runs, args.retrain, args.budgets, args.episodes)
-        print("\nretrained for the evicting cache, share of each run's full-context return on the same streams:")
+        if args.fine_tune:
+            re_df = fine_tuned_evict(args.runs, args.retrain, args.budgets, args.episodes, args.fine_tune,
+                                     args.workers)
+        else:
+            re_df = retrained_evict(args.runs, args.retrain, args.budgets, args.episodes)
+        print("\nretrained for the evicting cache, share of the full-context return on the same streams:")
         print(markdown_table(spread_table(re_df)))
+        print("\n".join(verdicts(spread_table(re_df), rec)))
         df = pd.concat([df, re_df], ignore_index=True)
     if args.out:
         df.to_csv(resolve(args.out), index=False)

@@ -17,6 +17,7 @@ from adkit.model import ADTransformer, load
 from adkit.model.train import Trainer, samplers, train
 from adkit.run import Run
 from adkit.study import retrained
+from adkit.study.summaries import upgrade_table
 from adkit.study.training_free import training_free_study
 
 BUDGETS = (6, 3)
@@ -198,6 +199,43 @@ def test_results_join_both_modes_and_count_attention_work(run, table):
     assert [p.name for p in paths] == ["results.md", "return_vs_budget_modes.png", "pareto.png",
                                        "attention_compressed.png"]
     assert all(p.stat().st_size > 0 for p in paths)
+
+
+def test_fine_tuning_starts_from_the_given_runs_weights(tmp_path, run, tiny_hist):
+    cfg = dataclasses.replace(run.cfg, train=dataclasses.replace(run.cfg.train, init=str(run.dir)))
+    trainer = Trainer(Run.create(cfg, tmp_path / "ft"), tiny_hist, progress=False)
+    start = load(run.dir).state_dict()
+    assert all(torch.equal(v, start[k]) for k, v in trainer.model.state_dict().items())
+    other = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, tf_n_inner=cfg.model.tf_n_inner * 2))
+    with pytest.raises(ValueError, match="train.init: .* holds a darkroom model with .*start from a run of the same"):
+        Trainer(Run.create(other, tmp_path / "other"), tiny_hist, progress=False)
+
+
+@pytest.mark.slow
+def test_a_fine_tuned_study_starts_every_cell_from_the_run(tmp_path, run):
+    fresh = Run(tmp_path / "run", run.cfg, run.home)
+    fresh.dir.mkdir()
+    for name in ("model.safetensors", "model.json", "config.yaml"):
+        (fresh.dir / name).write_bytes((run.dir / name).read_bytes())
+    ft = fresh.with_config(dataclasses.replace(run.cfg, study=dataclasses.replace(run.cfg.study, init="run", steps=2)))
+    table = retrained.retrained_study(ft, ["recency"], budgets=(3,), kvs=["evict"], progress=False)
+    assert set(zip(table["compressor"], table["kv"], table["init"], table["train_steps"])) == {
+        ("none", "cache", "run", 2), ("recency", "evict", "run", 2)}
+    cell = Run.open(ft.cell("recency", 3, 0, "evict"))
+    assert cell.dir.name == "recency-b3-s0-evict-ft" and cell.cfg.train.init == str(fresh.dir)
+    with pytest.raises(ValueError, match="made with 2 training steps from run"):
+        retrained.retrained_study(fresh.with_config(dataclasses.replace(ft.cfg, study=dataclasses.replace(
+            ft.cfg.study, init="scratch"))), ["recency"], budgets=(3,), kvs=["evict"], progress=False)
+    bad = dataclasses.replace(ft.cfg, study=dataclasses.replace(ft.cfg.study, init="teacher"))
+    with pytest.raises(ValueError, match="study.init must be one of"):
+        retrained.cell_run(fresh.with_config(bad), "recency", 3, 0, 2)
+
+
+def test_a_table_from_before_fine_tuning_reads_as_trained_from_scratch(tmp_path, table):
+    old = tmp_path / retrained.TABLE
+    table.drop(columns="init").to_csv(old, index=False)
+    upgrade_table(old, retrained.COLUMNS)
+    assert list(pd.read_csv(old).columns) == retrained.COLUMNS and (pd.read_csv(old)["init"] == "scratch").all()
 
 
 def test_study_arguments_are_checked(run):

@@ -152,13 +152,24 @@ def test_killed_at_random_points_a_resumed_run_matches_an_uninterrupted_one(tmp_
            str(tmp_path / "killed"), "--set", "train.val_every=2", "train.steps=200"]
     env = {**os.environ, "ADKIT_HOME": str(whole.home)}
     rng, committed = random.Random(0), []
-    for _ in range(3):  # killed between 1.5 s (about the start-up) and 3.5 s: mid-training, maybe mid-checkpoint
+    record = tmp_path / "killed" / "checkpoint.json"
+
+    def step() -> int:
+        try:
+            return json.loads(record.read_text())["step"]
+        except (OSError, ValueError):  # none yet, or being replaced
+            return 0
+
+    for _ in range(3):  # killed 0-0.5 s after it commits its next checkpoint: mid-training, maybe mid-checkpoint
+        before = committed[-1] if committed else 0
         proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(rng.uniform(1.5, 3.5))
+        deadline = time.monotonic() + 120  # start-up takes seconds, longer on a loaded machine
+        while step() <= before and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(rng.uniform(0, 0.5))
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-        record = tmp_path / "killed" / "checkpoint.json"
-        committed.append(json.loads(record.read_text())["step"] if record.exists() else 0)
+        committed.append(step())
     assert 0 < committed[-1] < 200 and committed == sorted(committed)  # it trained, and was stopped for real
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]

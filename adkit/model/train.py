@@ -38,6 +38,7 @@ from adkit.data.tokens import Tokens
 from adkit.io import atomic_path, write_text
 from adkit.model.checkpoint import PENDING, CheckpointError, commit, load, recover, save
 from adkit.model.transformer import ADTransformer
+from adkit.paths import resolve
 from adkit.progress import bar as progress_bar
 from adkit.run import Run, task_split
 
@@ -186,6 +187,8 @@ class Trainer:
     def _maybe_resume(self) -> None:
         meta_file = self.run.train_state_json
         if not meta_file.exists():
+            if self.t.init:
+                self._start_from(self.t.init)
             if self.rank == 0:
                 self._trim_log()  # a crash before the first checkpoint: rows of steps not kept
             return
@@ -210,6 +213,14 @@ class Trainer:
         self.step, self.seconds = meta["step"], meta["seconds"]
         if self.rank == 0:
             self._trim_log()
+
+    def _start_from(self, path: str) -> None:
+        """Take the weights of the run at ``path`` (fine-tuning); it must be this model's family and architecture."""
+        start = load(resolve(path))
+        if start.env != self.model.env or start.cfg != self.cfg.model:
+            raise ValueError(f"train.init: {path} holds a {start.env} model with {start.cfg}, this run trains a "
+                             f"{self.model.env} model with {self.cfg.model}; start from a run of the same profile")
+        self.model.load_state_dict(start.state_dict())
 
     def _trim_log(self) -> None:
         """Keep the log consistent with the checkpoint: rows up to its step, no torn last line."""

@@ -1,18 +1,21 @@
 """Retrained compression study: what a compressor buys and costs once the model is trained for it.
 
 For every compressor x budget x kv x seed the model of a run (notebook 01) is trained
-again from scratch for its compressed context (``compress.strategy`` / ``compress.budget`` /
-``compress.kv``), with the run's step budget and batch size and training seed ``seed``, then
+again for its compressed context (``compress.strategy`` / ``compress.budget`` /
+``compress.kv``), with the run's batch size and training seed ``seed``: from scratch for the run's
+step budget (``study.init: scratch``), or starting from the run's own model for ``study.steps``
+(``study.init: run``: fine-tuning, a fraction of the cost), then
 evaluated in context on the held-out tasks with its context kept the same way at every
 decision: ``reencode`` trains on windows compressed by
 :func:`adkit.compress.context.compress_window`, the selection a re-encoding rollout makes;
 ``evict`` trains on whole windows under the keep mask of an evicting cache
 (:func:`adkit.compress.evict.keep_mask`) and is evaluated with that cache. The baseline ``none`` is the
-full-context model retrained the same way (same steps, same seed). Attention-based
+full-context model retrained the same way (same start, steps and seed). Attention-based
 strategies score with the run's full-context model (the model whose attention
 notebook 02 looked at), in training and in evaluation alike.
 
-One row per cell, ``mode`` ``retrained``, ``kv`` as trained (``cache`` for ``none``):
+One row per cell, ``mode`` ``retrained``, ``kv`` as trained (``cache`` for ``none``), ``init`` how it
+started (``scratch`` or ``run``):
 
 * ``return``: mean episode return over the held-out tasks x ``eval.seeds`` streams
   (stream seeds ``1000 * seed + j``) x the episodes; ``full_return``: the retrained
@@ -70,7 +73,7 @@ from adkit.study.summaries import RETRAINED, TRAINING_FREE, plus_minus, summary,
 
 MODE = RETRAINED
 KEY = ["compressor", "budget", "mode", "kv", "seed"]
-COLUMNS = KEY + ["return", "full_return", "optimal", "tasks", "episodes", "train_steps", "train_step_ms",
+COLUMNS = KEY + ["init", "return", "full_return", "optimal", "tasks", "episodes", "train_steps", "train_step_ms",
                  "train_peak_mem_mb", "rollout_step_ms", "decision_ms", "peak_mem_mb", "context_tokens",
                  "flops", "train_flops"]
 TABLE, RESULTS = "retrained.csv", "results.csv"
@@ -78,6 +81,7 @@ TABLE, RESULTS = "retrained.csv", "results.csv"
 DEFAULT_COMPRESSORS = ("recency", "uniform", "attention", "threshold", "adaptive", "exponential", "random",
                        "sink-recent")
 NOT_TRAINABLE = ("none", "full", "oracle")  # the baselines, and the oracle (O(n^2) model calls per window)
+INITS = ("scratch", "run")  # where a retrained model starts (study.init): random weights, or the run's model
 
 
 def decision_work(model_cfg, n_actions: int, name: str, budget: int, needs_attention: bool,
@@ -118,11 +122,15 @@ def train_step_cost(trainer: Trainer) -> tuple[float, float]:
 def cell_run(run: Run, name: str, budget: int, seed: int, steps: int, compress_kw: dict | None = None,
              root: Path | None = None, kv: str = "reencode") -> Run:
     """The run of one retrained cell: the parent's config with training seed ``seed``, ``steps``
-    steps and ``name`` at ``budget`` kept as ``kv`` says (``compress_kw``: more ``compress``
-    fields, e.g. ``batch``), in ``root`` (default the parent's ``study/retrained``)."""
+    steps, the parent's weights to start from if ``study.init`` is ``run``, and ``name`` at
+    ``budget`` kept as ``kv`` says (``compress_kw``: more ``compress`` fields, e.g. ``batch``), in
+    ``root`` (default the parent's ``study/retrained``)."""
+    if run.cfg.study.init not in INITS:
+        raise ValueError(f"study.init must be one of {INITS}, got {run.cfg.study.init!r}")
     compressed = name != "none"
+    init = str(run.dir) if run.cfg.study.init == "run" else ""
     cfg = dataclasses.replace(
-        run.cfg, train=dataclasses.replace(run.cfg.train, seed=seed, steps=steps, extra_seeds=[]),
+        run.cfg, train=dataclasses.replace(run.cfg.train, seed=seed, steps=steps, extra_seeds=[], init=init),
         compress=dataclasses.replace(run.cfg.compress, strategy=name if compressed else "none",
                                      budget=budget if compressed else 0, kv=kv if compressed else "reencode",
                                      **(compress_kw or {})))
@@ -161,7 +169,8 @@ def run_cell(run: Run, name: str, budget: int, seed: int, kv: str, steps: int, e
     flops, train_flops = decision_work(model.cfg, model.n_actions, name, budget, needs, kv)
     return {
         "compressor": name, "budget": budget, "mode": MODE, "kv": "cache" if name == "none" else kv, "seed": seed,
-        "return": float(res.returns.mean()), "full_return": float("nan"), "optimal": float(res.optimal.mean()),
+        "init": run.cfg.study.init, "return": float(res.returns.mean()), "full_return": float("nan"),
+        "optimal": float(res.optimal.mean()),
         "tasks": len(tasks), "episodes": episodes, "train_steps": steps, "train_step_ms": train_ms,
         "train_peak_mem_mb": train_mb, "rollout_step_ms": 1000 * res.seconds / res.steps, "decision_ms": ms,
         "peak_mem_mb": mb, "context_tokens": n if name == "none" else budget + 1, "flops": flops,
@@ -187,7 +196,7 @@ def retrained_study(run: Run, compressors: Sequence[str] | None = None, budgets:
     context at budget ``n_transit``, is always added), ``budgets`` (transitions kept; default
     ``study.retrain_budgets`` as fractions of ``n_transit``), ``seeds`` (training seeds; default
     ``range(study.seeds)``; each cell's evaluation streams derive from its seed), ``study.steps``
-    training steps per model, ``study.episodes`` per evaluation and ``study.workers`` cells at
+    training steps per model from ``study.init``, ``study.episodes`` per evaluation and ``study.workers`` cells at
     once, each in its own process with one torch thread; ``kvs`` (default ``study.kv``): how the
     compressed contexts are kept (``evict`` cells only for strategies with an eviction form).
     """
@@ -203,10 +212,11 @@ def retrained_study(run: Run, compressors: Sequence[str] | None = None, budgets:
     path = run.study / TABLE
     upgrade_table(path, COLUMNS)
     for r in read_table(path, COLUMNS).to_dict("records"):
-        if int(r["train_steps"]) != steps or int(r["episodes"]) != episodes:
-            raise ValueError(f"{path} holds cells made with {int(r['train_steps'])} training steps and "
-                             f"{int(r['episodes'])} episodes, this study makes {steps} and {episodes}; "
-                             "remove the file or set the same study.steps and study.episodes")
+        if (int(r["train_steps"]), int(r["episodes"]), r["init"]) != (steps, episodes, st.init):
+            raise ValueError(f"{path} holds cells made with {int(r['train_steps'])} training steps from "
+                             f"{r['init']} and {int(r['episodes'])} episodes, this study makes {steps} from "
+                             f"{st.init} and {episodes}; remove the file or set the same study.steps, "
+                             "study.init and study.episodes")
     cells = [(c, b, s, kv) for s in seeds for c, bs in [("none", [n]), *((c, budgets) for c in names)] for b in bs
              for kv in (["cache"] if c == "none" else [k for k in kvs if k == "reencode" or c not in NOT_EVICTABLE])]
     extra = {}
@@ -228,9 +238,9 @@ def results_table(run: Run) -> pd.DataFrame:
     """``RUN/study/results.csv``: the retrained rows and the training-free rows of the same
     compressors and budgets, in :data:`COLUMNS`.
 
-    A training-free row's model is the run's full-context model, so its training cost is
-    the retrained ``none`` model's (same sizes, steps and seed 0's measurement); its seed
-    is the evaluation seed and its ``full_return`` the run's full-context return on it.
+    A training-free row's model is the run's full-context model (from scratch, ``train.steps``), so
+    its cost per training step is the retrained ``none`` model's (same sizes; seed 0's measurement); its
+    seed is the evaluation seed and its ``full_return`` the run's full-context return on it.
     """
     re_df = read_table(run.study / TABLE, COLUMNS)
     tf = read_table(run.study / training_free.TABLE, training_free.COLUMNS)
@@ -244,7 +254,7 @@ def results_table(run: Run) -> pd.DataFrame:
         n_actions = envs.spec(run.cfg.env.name).n_actions
         work = [decision_work(model_cfg, n_actions, c, int(b), needs[c], kv)
                 for c, b, kv in zip(tf["compressor"], tf["budget"], tf["kv"])]
-        tf = tf.assign(mode=TRAINING_FREE, train_steps=int(base["train_steps"].iloc[0]),
+        tf = tf.assign(mode=TRAINING_FREE, init="scratch", train_steps=run.cfg.train.steps,  # the run's model
                        train_step_ms=float(base["train_step_ms"].mean()),
                        train_peak_mem_mb=float(base["train_peak_mem_mb"].mean()),
                        flops=[w[0] for w in work], train_flops=int(base["train_flops"].iloc[0]))

@@ -22,10 +22,13 @@ def with_kv(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def upgrade_table(path: Path, columns) -> None:
-    """Rewrite a study table written before the ``kv`` column with it (:func:`with_kv`), atomically."""
+    """Rewrite a study table written before the ``kv`` column (:func:`with_kv`) or the retrained ``init``
+    column (every model then trained from scratch) with them, atomically."""
     if path.exists():
         df = pd.read_csv(path)
-        if "kv" not in df.columns:
+        if not set(columns) <= set(df.columns):
+            if "init" not in df.columns:
+                df = df.assign(init="scratch")
             with atomic_path(path) as tmp:
                 with_kv(df)[list(columns)].to_csv(tmp, index=False)
 
