@@ -71,8 +71,8 @@ class Attention(nn.Module):
             explicit = explicit or cache.wants_attention
         p = self.attn_dropout if self.training else 0.0
         if explicit:
-            scores = (q @ k.transpose(-2, -1)) / math.sqrt(self.head_dim)  # (B, H, L, Lk)
-            pattern = self.hook_pattern(scores.masked_fill(~mask, float("-inf")).softmax(-1))
+            scores = (q / math.sqrt(self.head_dim)) @ k.transpose(-2, -1)  # (B, H, L, Lk); scaled on the small side
+            pattern = self.hook_pattern(scores.masked_fill_(~mask, float("-inf")).softmax(-1))
             if cache is not None and cache.wants_attention:
                 cache.record(pattern)
             y = F.dropout(pattern, p, self.training) @ v  # (B, H, L, dh)
