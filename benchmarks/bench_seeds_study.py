@@ -5,7 +5,7 @@ than the spread.
     OMP_NUM_THREADS=1 python benchmarks/bench_seeds_study.py \
         --runs results/key-to-door/seed0 results/key-to-door/seed1 results/key-to-door/seed2 \
         --budgets 50 25 --kv evict --episodes 50 [--compressors recency h2o ...] [--out results/k2d-study.csv]
-        [--retrain reward-recent ... [--fine-tune STEPS] [--workers 2] [--retrain-only]]
+        [--retrain reward-recent ... [--fine-tune STEPS] [--workers 2] [--retrain-only]] [--figure shares.png]
 
 Each run (one training seed of a profile, e.g. the run folders ``bench_incontext.py`` keeps) gets
 :func:`adkit.study.training_free.training_free_study` on its held-out tasks with evaluation seed 0,
@@ -24,6 +24,8 @@ and trains STEPS steps (``study.init: run``) in the run's retrained study
 (:func:`adkit.study.retrained.retrained_study`, ``--workers`` cells at once), and its share is over the
 run's model fine-tuned as long with its full context (the study's ``none`` cell). Cells train in
 ``RUN/study/retrained/`` and resume if interrupted; ``--retrain-only`` skips the training-free part.
+``--figure`` draws every share computed (finished cells are read back, not rerun) against the budget, a
+panel per part (:func:`adkit.study.figures.plot_shares_over_seeds`).
 """
 
 from __future__ import annotations
@@ -38,8 +40,10 @@ from adkit.analysis.insights import markdown_table
 from adkit.model.checkpoint import load
 from adkit.model.evaluate import rollout
 from adkit.paths import resolve
+from adkit.plots import save_png
 from adkit.run import Run
 from adkit.study.cells import share
+from adkit.study.figures import plot_shares_over_seeds
 from adkit.study.retrained import recommended, retrained_study, run_cell
 from adkit.study.training_free import study_compressors, training_free_study
 
@@ -130,6 +134,7 @@ def main() -> None:
                    help="with --retrain: start each model from the run's and train STEPS steps (0: from scratch)")
     p.add_argument("--workers", type=int, default=1, help="with --fine-tune: cells trained at once")
     p.add_argument("--retrain-only", action="store_true", help="with --retrain: skip the training-free study")
+    p.add_argument("--figure", default=None, help="also draw the shares against the budget here (PNG)")
     args = p.parse_args()
     df = pd.DataFrame()
     recs = [recommended(Run.open(resolve(d))) for d in args.runs]
@@ -155,6 +160,8 @@ def main() -> None:
         df = pd.concat([df, re_df], ignore_index=True)
     if args.out:
         df.to_csv(resolve(args.out), index=False)
+    if args.figure:
+        print(f"figure: {save_png(plot_shares_over_seeds(df, rec), resolve(args.figure))}")
 
 
 if __name__ == "__main__":

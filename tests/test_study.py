@@ -14,6 +14,7 @@ from adkit.data.tokens import Tokens
 from adkit.model import ADTransformer, load, save
 from adkit.model.evaluate import rollout
 from adkit.run import Run
+from adkit.study import figures
 from adkit.study import training_free as study
 from adkit.study.figures import keep_explorer
 from adkit.study.keeps import keep_view
@@ -272,3 +273,21 @@ def test_a_failed_cell_in_the_process_pool_loses_no_finished_cell(tmp_path):
         run_cells(path, ["name", "value"], cells, lambda r: (r["name"],), fails_on_bad, desc="cells",
                   workers=2, progress=False)
     assert sorted(pd.read_csv(path)["name"]) == ["fine", "good", "okay"]
+
+
+def test_shares_over_seeds_draw_mean_and_sample_std_per_part():
+    rows = [dict(compressor=c, budget=b, mode=m, kv=kv, init=init, train_seed=s, share=v)
+            for (m, kv, init) in (("training-free", "evict", None), ("retrained", "evict", "run"))
+            for c, b, shares in (("random", 8, [0.5, 0.7, 0.6]), ("random", 4, [0.2, 0.4, 0.3]),
+                                 ("recency", 8, [0.9, 1.0, 1.1]), ("none", 16, [1.0, 1.0, 1.0]))
+            for s, v in enumerate(shares)]
+    fig = figures.plot_shares_over_seeds(pd.DataFrame(rows), recommended="recency")
+    left, right = fig.axes[:2]
+    assert [left.get_title(), right.get_title()] == ["training-free, kv: evict", "retrained (fine-tuned), kv: evict"]
+    bars = {c.get_label(): c for c in left.containers}
+    assert set(bars) == {"random", "recency"}  # the full context is the 100% line, not a strategy
+    line, _, (err,) = bars["random"]
+    assert list(line.get_xdata()) == [4, 8] and list(line.get_ydata()) == pytest.approx([30.0, 60.0])
+    assert [seg[1, 1] - seg[0, 1] for seg in err.get_segments()] == pytest.approx([20.0, 20.0])  # 2 x std (ddof=1)
+    assert bars["recency"][0].get_linewidth() > line.get_linewidth()  # the recommended one stands out
+    assert "(recommended)" in " ".join(t.get_text() for t in right.get_legend().get_texts())

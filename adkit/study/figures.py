@@ -9,6 +9,8 @@ runs a model.
 * :func:`plot_modes`: return against budget, retrained (solid) and training-free (dashed).
 * :func:`plot_pareto`: return against measured decision time and FLOPs per decision, with the Pareto front.
 * :func:`plot_attention_shift`: where the decision's attention goes, full model against a retrained one.
+* :func:`plot_shares_over_seeds`: share of the full-context return against budget over training seeds,
+  a panel per part of the study (``benchmarks/bench_seeds_study.py --figure``).
 * :func:`draw_curves` + :func:`curve_explorer`: per-episode curves of the retrained cells.
 """
 
@@ -170,8 +172,10 @@ STYLE = {"random": dict(color="0.45", marker="x")}
 
 
 def _colors(names) -> dict[str, tuple]:
-    """A colour per compressor; blue is kept for the full context (``none``), grey for ``random``."""
-    tab = [c for i, c in enumerate(plt.get_cmap("tab10").colors) if i not in (0, 7)]
+    """A colour per compressor, 16 distinct before they repeat (tab20, dark shades first); blue is kept
+    for the full context (``none``), grey for ``random``."""
+    tab20 = plt.get_cmap("tab20").colors
+    tab = [tab20[i + light] for light in (0, 1) for i in range(2, 20, 2) if i != 14]
     return {n: STYLE.get(n, {}).get("color", tab[i % len(tab)]) for i, n in enumerate(names)}
 
 
@@ -202,6 +206,49 @@ def plot_modes(df: pd.DataFrame) -> Figure:
            title="compression: retrained (solid) vs training-free (dashed)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
+    return fig
+
+
+def plot_shares_over_seeds(df: pd.DataFrame, recommended: str | None = None) -> Figure:
+    """Share of the full-context return (mean ± sample std over training seeds) against transitions kept:
+    one panel per part of the study present (training-free or retrained, and the cache it decided with),
+    one colour per strategy in every panel, ``random`` grey, ``recommended`` drawn thick, the full
+    context at 100%.
+
+    ``df``: a row per cell and training seed with ``compressor``, ``budget``, ``mode``, ``kv``,
+    ``share`` (a fraction of that seed's full-context return) and ``train_seed``; retrained rows with
+    ``init`` ``run`` were fine-tuned from the run's model, and their panel says so.
+    """
+    cells = df[~df["compressor"].isin(BASELINES)]
+    parts = list(dict.fromkeys(zip(cells["mode"], cells["kv"])))
+    colors = _colors(list(dict.fromkeys(cells["compressor"])))
+
+    def style(name: str) -> dict:
+        return dict(color=colors[name], marker=STYLE.get(name, {}).get("marker", "o"),
+                    lw=3 if name == recommended else 1.2)
+
+    fig, axes = plt.subplots(1, len(parts), figsize=(4.5 * len(parts) + 2.5, 4.5), sharey=True, squeeze=False)
+    for ax, (mode, kv) in zip(axes[0], parts):
+        part = cells[(cells["mode"] == mode) & (cells["kv"] == kv)]
+        stats = part.groupby(["compressor", "budget"], sort=False)["share"].agg(["mean", "std"]).reset_index()
+        for name, g in stats.groupby("compressor", sort=False):
+            g = g.sort_values("budget")
+            ax.errorbar(g["budget"], 100 * g["mean"], yerr=100 * g["std"], capsize=2, ms=4, label=name, **style(name))
+        ax.axhline(100, color="tab:blue", lw=2, alpha=0.4)
+        fine_tuned = mode == RETRAINED and "init" in part and (part["init"] == "run").all()
+        ax.set_title(f"{mode}{' (fine-tuned)' if fine_tuned else ''}, kv: {kv}", fontsize=10)
+        budgets = sorted(set(part["budget"]))
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(budgets, [str(b) for b in budgets])
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.set(xlabel="transitions kept per decision")
+        ax.grid(alpha=0.3)
+    axes[0, 0].set_ylabel(f"% of the full-context return\n(mean ± std over {df['train_seed'].nunique()} "
+                          "training seeds)")
+    handles = [plt.Line2D([], [], label=n + (" (recommended)" if n == recommended else ""), **style(n)) for n in colors]
+    handles.append(plt.Line2D([], [], color="tab:blue", lw=2, alpha=0.4, label="full context"))
+    axes[0, -1].legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
+    fig.tight_layout()
     return fig
 
 
