@@ -10,6 +10,9 @@ from pathlib import Path
 
 import h5py
 
+UMASK = os.umask(0o022)  # read once at import (os.umask can only be read by setting it) and put back
+os.umask(UMASK)
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
@@ -20,10 +23,11 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)  # mode 0600
     os.close(fd)
     try:
         yield Path(tmp)
+        os.chmod(tmp, 0o666 & ~UMASK)  # the mode a plain open() would give, not mkstemp's owner-only one
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
