@@ -14,9 +14,8 @@ from adkit.data.tokens import Tokens
 from adkit.model import ADTransformer, load, save
 from adkit.model.evaluate import rollout
 from adkit.run import Run
-from adkit.study import figures
 from adkit.study import training_free as study
-from adkit.study.figures import keep_explorer
+from adkit.study.figures import keep_explorer, plot_shares_over_seeds
 from adkit.study.keeps import keep_view
 
 N_TRANSIT = 12
@@ -281,7 +280,7 @@ def test_shares_over_seeds_draw_mean_and_sample_std_per_part():
             for c, b, shares in (("random", 8, [0.5, 0.7, 0.6]), ("random", 4, [0.2, 0.4, 0.3]),
                                  ("recency", 8, [0.9, 1.0, 1.1]), ("none", 16, [1.0, 1.0, 1.0]))
             for s, v in enumerate(shares)]
-    fig = figures.plot_shares_over_seeds(pd.DataFrame(rows), recommended="recency")
+    fig = plot_shares_over_seeds(pd.DataFrame(rows), recommended="recency")
     left, right = fig.axes[:2]
     assert [left.get_title(), right.get_title()] == ["training-free, kv: evict", "retrained (fine-tuned), kv: evict"]
     bars = {c.get_label(): c for c in left.containers}
