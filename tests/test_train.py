@@ -6,6 +6,7 @@ import math
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -18,7 +19,7 @@ from adkit.data.histories import WindowSampler
 from adkit.data.histories import save as save_histories
 from adkit.data.tokens import Tokens
 from adkit.model import load
-from adkit.model.train import loss_and_accuracy, lr_at, samplers, train
+from adkit.model.train import loss_and_accuracy, lr_at, samplers, shared_clock, train
 from adkit.run import Run
 
 
@@ -121,6 +122,32 @@ def test_torchrun_two_cpu_processes_keep_replicas_identical(tmp_path, tiny_hist)
     assert log["step"].iloc[-1] == 30
     states = json.loads((tmp_path / "run" / "train_state.json").read_text())["sampler_rng"]
     assert len(states) == 2 and states[0] != states[1]  # each rank resumes its own batch stream
+
+
+def _clock_rank(rank: int, store: str, out: str) -> None:
+    torch.distributed.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
+    seconds = shared_clock([3.5, 7.25][rank])  # rank 1's clock runs ahead
+    Path(f"{out}.{rank}").write_text(repr(seconds))
+    torch.distributed.destroy_process_group()
+
+
+def test_under_ddp_every_rank_reads_the_slowest_ranks_clock(tmp_path):
+    torch.multiprocessing.spawn(_clock_rank, args=(str(tmp_path / "store"), str(tmp_path / "clock")), nprocs=2)
+    assert [float((tmp_path / f"clock.{r}").read_text()) for r in (0, 1)] == [7.25, 7.25]
+
+
+@pytest.mark.slow
+def test_torchrun_with_a_time_budget_stops_every_rank_at_the_same_step(tmp_path, tiny_hist):
+    hist = save_histories(tiny_hist, tmp_path / "h.h5")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           "-m", "adkit.cli", "train", "-c", "tiny", "--run-dir", str(tmp_path / "run"), "--histories", str(hist),
+           "--time-budget", "3", "--set", "train.steps=100000"]
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    sums = json.loads((tmp_path / "run" / "replicas.json").read_text())["checksums"]
+    assert len(sums) == 2 and sums[0] == sums[1]  # same steps at the same learning rates
+    assert 0 < pd.read_csv(tmp_path / "run" / "train_log.csv")["step"].iloc[-1] < 100000
 
 
 def test_tensorboard_event_files_hold_the_logged_curves(tmp_path, tiny_hist):

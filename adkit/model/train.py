@@ -316,6 +316,7 @@ class Trainer:
             self.seconds = time.perf_counter() - start
             progress = self.step / self.t.steps
             if time_budget_s:
+                self.seconds = shared_clock(self.seconds, self.device) if self.ddp else self.seconds
                 if self.seconds >= time_budget_s:
                     break
                 progress = max(progress, self.seconds / time_budget_s)
@@ -379,6 +380,15 @@ def tensorboard_writer(run: Run):
     except ImportError:
         raise ValueError("train.tensorboard needs the tensorboard package: pip install tensorboard") from None
     return board.SummaryWriter(str(run.tensorboard))
+
+
+def shared_clock(seconds: float, device=None) -> float:
+    """The slowest rank's ``seconds``, on every rank of a DDP run: with a time budget each rank must
+    stop at the same step with the same learning rate, which their own clocks would not agree on
+    (a rank stopping alone would leave the others waiting in their next all-reduce)."""
+    clock = torch.tensor([seconds], dtype=torch.float64, device=device)  # (1,) where the process group reduces
+    dist.all_reduce(clock, op=dist.ReduceOp.MAX)
+    return float(clock)
 
 
 def replica_checksum(model: torch.nn.Module) -> float:
