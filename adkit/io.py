@@ -19,7 +19,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; rename it over ``path`` only on success.
 
     A crash mid-write leaves the previous file (or nothing) in place, never a
-    half-written one.
+    half-written one; the bytes are on disk before the rename, and the rename
+    is on disk before this returns, so a power cut does not either.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -28,10 +29,22 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     try:
         yield Path(tmp)
         os.chmod(tmp, 0o666 & ~UMASK)  # the mode a plain open() would give, not mkstemp's owner-only one
+        _fsync(tmp)
         os.replace(tmp, path)
+        if os.name == "posix":  # a directory cannot be opened for fsync elsewhere
+            _fsync(path.parent)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def _fsync(path: str | os.PathLike) -> None:
+    """Flush ``path`` (a file or, on POSIX, a directory's entries) to the disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:
