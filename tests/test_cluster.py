@@ -25,24 +25,29 @@ def local_ray():
 
 
 def flaky(name: str, marker: str) -> dict:
-    """Fails for cell ``bad``; for ``once`` fails the first time only (a marker file remembers)."""
+    """Cell ``bad``'s code fails (every attempt is counted in ``marker``.bad); ``once`` meets a file
+    system error the first time only (a marker file remembers)."""
     if name == "bad":
-        raise RuntimeError("this cell always fails")
+        with open(f"{marker}.bad", "a") as f:
+            f.write("x")
+        raise ValueError("this cell always fails")
     if name == "once" and not Path(marker).exists():
         Path(marker).touch()
-        raise RuntimeError("first attempt fails")
+        raise OSError("first attempt fails")
     return {"name": name, "value": len(name)}
 
 
 @pytest.mark.slow
-def test_failed_cells_are_retried_then_reported_and_finished_ones_kept(local_ray, tmp_path):
+def test_transient_failures_are_retried_code_failures_reported_at_once_finished_cells_kept(local_ray, tmp_path):
     path = tmp_path / "table.csv"
     cells = [("good", str(tmp_path / "m")), ("once", str(tmp_path / "m")), ("bad", str(tmp_path / "m"))]
-    with pytest.raises(CellsFailed, match=r"(?s)1 cell\(s\) failed after 2 retries.*'bad'.*always fails"):
+    with pytest.raises(CellsFailed, match=r"(?s)1 cell\(s\) failed .OSError and lost workers after 2 retries.*"
+                                          r"'bad'.*ValueError: this cell always fails"):
         run_cells(path, ["name", "value"], cells, lambda r: (r["name"], str(tmp_path / "m")), flaky,
                   desc="cells", progress=False, executor="ray")
     table = pd.read_csv(path)
     assert sorted(table["name"]) == ["good", "once"]  # "once" succeeded on its retry
+    assert (tmp_path / "m.bad").read_text() == "x"  # a failure of the cell's own code is not retried
 
 
 @pytest.mark.slow

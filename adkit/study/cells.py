@@ -39,6 +39,7 @@ def write_table(df: pd.DataFrame, path: str | Path, columns: Sequence[str]) -> P
 
 
 EXECUTORS = ("local", "ray")
+TRANSIENT = (OSError,)  # errors of the machine, not of the cell's code: worth retrying on Ray
 
 
 class CellsFailed(RuntimeError):
@@ -57,8 +58,10 @@ def run_cells(path: Path, columns: Sequence[str], cells: Sequence[tuple], key: C
     ``workers > 1`` in that many spawned processes (failures are reported in :class:`CellsFailed`
     once every other cell has finished and been written).
     ``executor="ray"``: each cell is a Ray task (one CPU) on the cluster at ``address`` (a local
-    Ray instance when empty); a task that fails is retried ``retries`` times, then reported in
-    :class:`CellsFailed` once every other cell has finished. ``compute`` must pickle for both
+    Ray instance when empty); a task whose worker was lost or that raised an error of the machine
+    (``OSError``: a file system or network hiccup) is retried up to ``retries`` times, one whose
+    own code failed (any other error, which would only fail again) is not; failures are reported
+    in :class:`CellsFailed` once every other cell has finished. ``compute`` must pickle for both
     process-based ways.
     """
     if executor not in EXECUTORS:
@@ -113,7 +116,7 @@ def _run_on_ray(todo: Sequence[tuple], compute: Callable[..., dict], add: Callab
     if started:
         ray.init(address=address or None, include_dashboard=False, log_to_driver=False)
     try:
-        task = ray.remote(num_cpus=1, max_retries=retries, retry_exceptions=True)(_call)
+        task = ray.remote(num_cpus=1, max_retries=retries, retry_exceptions=list(TRANSIENT))(_call)
         shared = ray.put(compute)
         pending = {task.remote(shared, *cell): cell for cell in todo}
         failed = []
@@ -126,8 +129,9 @@ def _run_on_ray(todo: Sequence[tuple], compute: Callable[..., dict], add: Callab
                 cause = getattr(e, "cause", None) or e  # a task's own exception, else Ray's (a lost worker)
                 failed.append(f"{cell}: {type(cause).__name__}: {cause}")
         if failed:
-            raise CellsFailed(f"{len(failed)} cell(s) failed after {retries} retries (finished cells are kept; "
-                              "run the study again to retry them):\n" + "\n".join(failed))
+            raise CellsFailed(f"{len(failed)} cell(s) failed ({', '.join(e.__name__ for e in TRANSIENT)} and lost "
+                              f"workers after {retries} retries; finished cells are kept; run the study again to "
+                              "retry them):\n" + "\n".join(failed))
     finally:
         if started:
             ray.shutdown()
