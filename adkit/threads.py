@@ -13,6 +13,7 @@ parent's share.
 from __future__ import annotations
 
 import atexit
+import fcntl
 import os
 import tempfile
 import time
@@ -20,30 +21,50 @@ from pathlib import Path
 
 import torch
 
-REGISTRY = Path(tempfile.gettempdir()) / f"adkit-jobs-{os.getuid()}"  # one empty file per running adkit process
+# one empty file per running adkit process, named by its PID and locked (flock) while it lives: the
+# kernel drops the lock when the process ends, however it ends, so a stale file is told from a live
+# job even once its PID belongs to another process
+REGISTRY = Path(tempfile.gettempdir()) / f"adkit-jobs-{os.getuid()}"
 RECHECK_S = 5.0  # seconds between two looks at the registry
-_state = {"registered": False, "checked": 0.0, "fixed": 0}
+_state = {"registered": False, "checked": 0.0, "fixed": 0, "lock": None}
 
 
-def _alive(pid: int) -> bool:
+def _locked(entry: Path) -> bool:
+    """Whether a live process holds ``entry``'s lock."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        fd = os.open(entry, os.O_RDONLY)
+    except FileNotFoundError:
         return False
-    except PermissionError:
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
         return True
-    return True
+    finally:
+        os.close(fd)  # also drops a lock taken above
 
 
 def jobs() -> int:
     """adkit processes running now (this one included once registered); stale entries are removed."""
     count = 0
     for entry in REGISTRY.glob("*"):
-        if entry.name.isdigit() and _alive(int(entry.name)):
+        if entry.name.isdigit() and _locked(entry):
             count += 1
-        else:
+        elif entry.name.isdigit():
             entry.unlink(missing_ok=True)
     return max(count, 1)
+
+
+def _register() -> None:
+    """Add this process to the registry: locked before it appears under its name, so no other
+    process ever sees it unlocked."""
+    REGISTRY.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".", dir=REGISTRY)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # held for this process's life (the fd stays open)
+    me = REGISTRY / str(os.getpid())
+    os.replace(tmp, me)
+    atexit.register(me.unlink, missing_ok=True)
+    _state["lock"], _state["registered"] = fd, True
 
 
 def share() -> int:
@@ -66,11 +87,7 @@ def configure(threads: int | None = None) -> int:
     if threads:
         _state["fixed"] = int(threads)
     if not _state["registered"]:
-        REGISTRY.mkdir(parents=True, exist_ok=True)
-        me = REGISTRY / str(os.getpid())
-        me.touch()
-        atexit.register(me.unlink, missing_ok=True)
-        _state["registered"] = True
+        _register()
     n = share()
     torch.set_num_threads(n)
     _state["checked"] = time.monotonic()

@@ -20,14 +20,26 @@ def registry(tmp_path, monkeypatch):
     torch.set_num_threads(before)
 
 
+OTHER_JOB = """
+import sys, time
+from pathlib import Path
+from adkit import threads
+threads.REGISTRY = Path(sys.argv[1])
+threads.configure()
+print("registered", flush=True)
+time.sleep(30)
+"""
+
+
 def test_each_process_takes_its_share_of_the_cores(registry, monkeypatch):
     monkeypatch.setattr(threads, "cores", lambda: 8)
     assert threads.configure() == 8 and torch.get_num_threads() == 8  # alone: every core
-    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    other = subprocess.Popen([sys.executable, "-c", OTHER_JOB, str(registry)], stdout=subprocess.PIPE, text=True)
     try:
-        (registry / str(other.pid)).touch()  # a second adkit job starts
+        assert other.stdout.readline() == "registered\n"  # a second adkit job started
         (registry / "999999999").touch()  # one that died without cleaning up
-        assert threads.jobs() == 2 and not (registry / "999999999").exists()
+        (registry / str(os.getppid())).touch()  # one that died and whose PID is now another (live) process's
+        assert threads.jobs() == 2 and sorted(os.listdir(registry)) == sorted([str(os.getpid()), str(other.pid)])
         threads._state["checked"] = 0.0
         threads.rebalance()
         assert torch.get_num_threads() == 4
