@@ -47,10 +47,10 @@ def _locked(entry: Path) -> bool:
 def jobs() -> int:
     """adkit processes running now (this one included once registered); stale entries are removed."""
     count = 0
-    for entry in REGISTRY.glob("*"):
-        if entry.name.isdigit() and _locked(entry):
+    for entry in REGISTRY.glob("[0-9]*"):  # not the dot-named temporaries of processes registering now
+        if _locked(entry):
             count += 1
-        elif entry.name.isdigit():
+        else:
             entry.unlink(missing_ok=True)
     return max(count, 1)
 

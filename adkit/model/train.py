@@ -316,7 +316,8 @@ class Trainer:
             self.seconds = time.perf_counter() - start
             progress = self.step / self.t.steps
             if time_budget_s:
-                self.seconds = shared_clock(self.seconds, self.device) if self.ddp else self.seconds
+                if self.ddp:
+                    self.seconds = shared_clock(self.seconds, self.device)
                 if self.seconds >= time_budget_s:
                     break
                 progress = max(progress, self.seconds / time_budget_s)
