@@ -5,7 +5,10 @@ than the spread.
     OMP_NUM_THREADS=1 python benchmarks/bench_seeds_study.py \
         --runs results/key-to-door/seed0 results/key-to-door/seed1 results/key-to-door/seed2 \
         --budgets 50 25 --kv evict --episodes 50 [--compressors recency h2o ...] [--out results/k2d-study.csv]
-        [--retrain reward-recent ... [--fine-tune STEPS] [--workers 2] [--retrain-only]] [--figure shares.png]
+        [--retrain reward-recent ... [--fine-tune STEPS] [--workers 2] [--retrain-only]]
+        [--figure shares.png [--summary shares.csv]]
+    python benchmarks/bench_seeds_study.py --redraw docs/key-to-door-compression.csv --recommended recency \
+        --figure docs/key-to-door-compression.png
 
 Each run (one training seed of a profile, e.g. the run folders ``bench_incontext.py`` keeps) gets
 :func:`adkit.study.training_free.training_free_study` on its held-out tasks with evaluation seed 0,
@@ -25,7 +28,9 @@ and trains STEPS steps (``study.init: run``) in the run's retrained study
 run's model fine-tuned as long with its full context (the study's ``none`` cell). Cells train in
 ``RUN/study/retrained/`` and resume if interrupted; ``--retrain-only`` skips the training-free part.
 ``--figure`` draws every share computed (finished cells are read back, not rerun) against the budget, a
-panel per part (:func:`adkit.study.figures.plot_shares_over_seeds`).
+panel per part (:func:`adkit.study.figures.plot_shares_over_seeds`), from the shares over training seeds
+(:func:`adkit.study.summaries.over_seeds`), which ``--summary`` saves as CSV: keep it beside the figure,
+and ``--redraw CSV`` draws the figure again from it alone, without the runs.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ from collections import Counter
 import pandas as pd
 
 from adkit.analysis.insights import markdown_table
+from adkit.io import atomic_path
 from adkit.model.checkpoint import load
 from adkit.model.evaluate import rollout
 from adkit.paths import resolve
@@ -45,6 +51,7 @@ from adkit.run import Run
 from adkit.study.cells import share
 from adkit.study.figures import plot_shares_over_seeds
 from adkit.study.retrained import recommended, retrained_study, run_cell
+from adkit.study.summaries import over_seeds, verdicts
 from adkit.study.training_free import study_compressors, training_free_study
 
 
@@ -95,35 +102,10 @@ def fine_tuned_evict(run_dirs: list[str], names: list[str], budgets, episodes: i
     return df.assign(share=share(df))
 
 
-def spread_table(df: pd.DataFrame) -> pd.DataFrame:
-    """Per compressor x budget x kv over training seeds: share mean, sample std, min and max."""
-    g = df.groupby(["compressor", "budget", "kv"])["share"]
-    out = g.agg(seeds="count", mean="mean", std="std", low="min", high="max").reset_index()
-    return out.sort_values(["budget", "mean"], ascending=[False, False]).reset_index(drop=True)
-
-
-def verdicts(table: pd.DataFrame, rec: str) -> list[str]:
-    lines = []
-    for (budget, kv), g in table[~table["compressor"].isin(["none", "full"])].groupby(["budget", "kv"], sort=False):
-        best = g.iloc[0]
-        line = (f"K={budget} ({kv}): best `{best['compressor']}` {100 * best['mean']:.1f} ± {100 * best['std']:.1f}% "
-                f"({100 * best['low']:.0f}-{100 * best['high']:.0f}%)")
-        mine, rand = g[g["compressor"] == rec], g[g["compressor"] == "random"]
-        if len(mine) and len(rand):
-            margin = mine["mean"].iloc[0] - rand["mean"].iloc[0]
-            spread = max(mine["std"].iloc[0], rand["std"].iloc[0])
-            line += (f"; recommended `{rec}` {100 * mine['mean'].iloc[0]:.1f}% vs random "
-                     f"{100 * rand['mean'].iloc[0]:.1f}%: {'beats' if margin > spread else 'does NOT beat'} "
-                     "random by more than the spread "
-                     f"({100 * margin:+.1f} vs {100 * spread:.1f} points)")
-        lines.append(line)
-    return lines
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--runs", nargs="+", required=True, help="run directories, one per training seed")
-    p.add_argument("--budgets", type=int, nargs="+", required=True, help="transitions kept")
+    p.add_argument("--runs", nargs="+", help="run directories, one per training seed")
+    p.add_argument("--budgets", type=int, nargs="+", help="transitions kept")
     p.add_argument("--kv", nargs="+", choices=["reencode", "evict"], default=["evict"])
     p.add_argument("--compressors", nargs="+", default=None, help="default: every strategy")
     p.add_argument("--episodes", type=int, default=50)
@@ -135,14 +117,24 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=1, help="with --fine-tune: cells trained at once")
     p.add_argument("--retrain-only", action="store_true", help="with --retrain: skip the training-free study")
     p.add_argument("--figure", default=None, help="also draw the shares against the budget here (PNG)")
+    p.add_argument("--summary", default=None, help="also write the shares over training seeds here (CSV)")
+    p.add_argument("--redraw", default=None, metavar="CSV", help="only draw --figure from a --summary CSV")
     args = p.parse_args()
+    if args.redraw:
+        if not args.figure:
+            p.error("--redraw needs --figure")
+        table = pd.read_csv(resolve(args.redraw))
+        print(f"figure: {save_png(plot_shares_over_seeds(table, args.recommended), resolve(args.figure))}")
+        return
+    if not (args.runs and args.budgets):
+        p.error("--runs and --budgets are required (unless --redraw)")
     df = pd.DataFrame()
     recs = [recommended(Run.open(resolve(d))) for d in args.runs]
     rec = Counter(r for r in recs if r).most_common(1)[0][0] if any(recs) else args.recommended
     if not args.retrain_only:
         compressors = args.compressors or [c for c in study_compressors() if c != "oracle"]
         df = per_seed(args.runs, compressors, args.budgets, args.kv, args.episodes)
-        table = spread_table(df)
+        table = over_seeds(df)
         print(f"\nshare of the full-context return over {len(args.runs)} training seeds (evaluation seed 0, "
               f"{args.episodes} episodes, held-out tasks):")
         print(markdown_table(table))
@@ -154,14 +146,20 @@ def main() -> None:
                                      args.workers)
         else:
             re_df = retrained_evict(args.runs, args.retrain, args.budgets, args.episodes)
-        print("\nretrained for the evicting cache, share of the full-context return on the same streams:")
-        print(markdown_table(spread_table(re_df)))
-        print("\n".join(verdicts(spread_table(re_df), rec)))
         df = pd.concat([df, re_df], ignore_index=True)
     if args.out:
-        df.to_csv(resolve(args.out), index=False)
+        with atomic_path(resolve(args.out)) as tmp:
+            df.to_csv(tmp, index=False)
+    if args.retrain:
+        print("\nretrained for the evicting cache, share of the full-context return on the same streams:")
+        print(markdown_table(over_seeds(re_df)))
+        print("\n".join(verdicts(over_seeds(re_df), rec)))
+    table = over_seeds(df)
+    if args.summary:
+        with atomic_path(resolve(args.summary)) as tmp:
+            table.to_csv(tmp, index=False)
     if args.figure:
-        print(f"figure: {save_png(plot_shares_over_seeds(df, rec), resolve(args.figure))}")
+        print(f"figure: {save_png(plot_shares_over_seeds(table, rec), resolve(args.figure))}")
 
 
 if __name__ == "__main__":

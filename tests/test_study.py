@@ -274,13 +274,20 @@ def test_a_failed_cell_in_the_process_pool_loses_no_finished_cell(tmp_path):
     assert sorted(pd.read_csv(path)["name"]) == ["fine", "good", "okay"]
 
 
-def test_shares_over_seeds_draw_mean_and_sample_std_per_part():
+def test_shares_over_seeds_draw_mean_and_sample_std_per_part(tmp_path):
+    from adkit.study.summaries import over_seeds
+
     rows = [dict(compressor=c, budget=b, mode=m, kv=kv, init=init, train_seed=s, share=v)
             for (m, kv, init) in (("training-free", "evict", None), ("retrained", "evict", "run"))
             for c, b, shares in (("random", 8, [0.5, 0.7, 0.6]), ("random", 4, [0.2, 0.4, 0.3]),
                                  ("recency", 8, [0.9, 1.0, 1.1]), ("none", 16, [1.0, 1.0, 1.0]))
             for s, v in enumerate(shares)]
-    fig = plot_shares_over_seeds(pd.DataFrame(rows), recommended="recency")
+    table = over_seeds(pd.DataFrame(rows))
+    cell = table[(table["mode"] == "retrained") & (table["compressor"] == "random") & (table["budget"] == 4)]
+    assert cell[["seeds", "mean", "std", "low", "high"]].values.tolist() == [pytest.approx([3, 0.3, 0.1, 0.2, 0.4])]
+    assert cell["fine_tuned"].tolist() == [True] and not table[table["mode"] == "training-free"]["fine_tuned"].any()
+    table.to_csv(tmp_path / "shares.csv", index=False)  # the figure redraws from the saved table alone
+    fig = plot_shares_over_seeds(pd.read_csv(tmp_path / "shares.csv"), recommended="recency")
     left, right = fig.axes[:2]
     assert [left.get_title(), right.get_title()] == ["training-free, kv: evict", "retrained (fine-tuned), kv: evict"]
     bars = {c.get_label(): c for c in left.containers}
@@ -290,3 +297,22 @@ def test_shares_over_seeds_draw_mean_and_sample_std_per_part():
     assert [seg[1, 1] - seg[0, 1] for seg in err.get_segments()] == pytest.approx([20.0, 20.0])  # 2 x std (ddof=1)
     assert bars["recency"][0].get_linewidth() > line.get_linewidth()  # the recommended one stands out
     assert "(recommended)" in " ".join(t.get_text() for t in right.get_legend().get_texts())
+
+
+def test_verdicts_name_the_best_and_weigh_the_recommended_against_random_by_the_spread():
+    from adkit.study.summaries import verdicts
+
+    def part(fine_tuned, shares):  # shares: compressor -> (mean, std)
+        return [dict(mode="retrained", kv="evict", fine_tuned=fine_tuned, compressor=c, budget=50, seeds=3, mean=m,
+                     std=sd, low=m - sd, high=m + sd) for c, (m, sd) in shares.items()]
+
+    table = pd.DataFrame(part(True, {"none": (1.0, 0.0), "random": (0.80, 0.01), "recency": (0.95, 0.02)})
+                         + part(False, {"random": (0.90, 0.05), "recency": (0.93, 0.04), "uniform": (0.97, 0.01)})
+                         + [dict(mode="training-free", kv="evict", fine_tuned=False, compressor=c, budget=25, seeds=1,
+                                 mean=m, std=float("nan"), low=m, high=m) for c, m in (("random", 0.5), ("recency", 0.4))])
+    tuned, scratch, one_seed = verdicts(table, "recency")
+    assert tuned.startswith("K=50 (retrained (fine-tuned), evict): best `recency` 95.0 ± 2.0%")
+    assert "beats random by more than the spread (+15.0 vs 2.0 points)" in tuned
+    assert scratch.startswith("K=50 (retrained, evict): best `uniform` 97.0")  # the parts are not mixed
+    assert "does NOT beat random by more than the spread (+3.0 vs 5.0 points)" in scratch
+    assert one_seed.startswith("K=25 (training-free, evict): best `random`") and "-10.0 points, one seed" in one_seed

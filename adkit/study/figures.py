@@ -209,18 +209,17 @@ def plot_modes(df: pd.DataFrame) -> Figure:
     return fig
 
 
-def plot_shares_over_seeds(df: pd.DataFrame, recommended: str | None = None) -> Figure:
+def plot_shares_over_seeds(table: pd.DataFrame, recommended: str | None = None) -> Figure:
     """Share of the full-context return (mean ± sample std over training seeds) against transitions kept:
-    one panel per part of the study present (training-free or retrained, and the cache it decided with),
-    one colour per strategy in every panel, ``random`` grey, ``recommended`` drawn thick, the full
-    context at 100%.
+    one panel per part of the study in ``table`` (training-free or retrained, fine-tuned or not, and
+    the cache it decided with), one colour per strategy in every panel, ``random`` grey,
+    ``recommended`` drawn thick, the full context at 100%.
 
-    ``df``: a row per cell and training seed with ``compressor``, ``budget``, ``mode``, ``kv``,
-    ``share`` (a fraction of that seed's full-context return) and ``train_seed``; retrained rows with
-    ``init`` ``run`` were fine-tuned from the run's model, and their panel says so.
+    ``table``: shares over training seeds, as :func:`adkit.study.summaries.over_seeds` gives them (or
+    as saved to CSV).
     """
-    cells = df[~df["compressor"].isin(BASELINES)]
-    parts = list(dict.fromkeys(zip(cells["mode"], cells["kv"])))
+    cells = table[~table["compressor"].isin(BASELINES)]
+    parts = list(dict.fromkeys(zip(cells["mode"], cells["kv"], cells["fine_tuned"])))
     colors = _colors(list(dict.fromkeys(cells["compressor"])))
 
     def style(name: str) -> dict:
@@ -228,14 +227,13 @@ def plot_shares_over_seeds(df: pd.DataFrame, recommended: str | None = None) -> 
                     lw=3 if name == recommended else 1.2)
 
     fig, axes = plt.subplots(1, len(parts), figsize=(4.5 * len(parts) + 2.5, 4.5), sharey=True, squeeze=False)
-    for ax, (mode, kv) in zip(axes[0], parts):
-        part = cells[(cells["mode"] == mode) & (cells["kv"] == kv)]
-        stats = part.groupby(["compressor", "budget"], sort=False)["share"].agg(["mean", "std"]).reset_index()
-        for name, g in stats.groupby("compressor", sort=False):
+    for ax, (mode, kv, fine_tuned) in zip(axes[0], parts):
+        part = cells[(cells["mode"] == mode) & (cells["kv"] == kv) & (cells["fine_tuned"] == fine_tuned)]
+        for name, g in part.groupby("compressor", sort=False):
             g = g.sort_values("budget")
-            ax.errorbar(g["budget"], 100 * g["mean"], yerr=100 * g["std"], capsize=2, ms=4, label=name, **style(name))
+            ax.errorbar(g["budget"], 100 * g["mean"], yerr=100 * g["std"].fillna(0.0), capsize=2, ms=4, label=name,
+                        **style(name))
         ax.axhline(100, color="tab:blue", lw=2, alpha=0.4)
-        fine_tuned = mode == RETRAINED and "init" in part and (part["init"] == "run").all()
         ax.set_title(f"{mode}{' (fine-tuned)' if fine_tuned else ''}, kv: {kv}", fontsize=10)
         budgets = sorted(set(part["budget"]))
         ax.set_xscale("log", base=2)
@@ -243,8 +241,7 @@ def plot_shares_over_seeds(df: pd.DataFrame, recommended: str | None = None) -> 
         ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set(xlabel="transitions kept per decision")
         ax.grid(alpha=0.3)
-    axes[0, 0].set_ylabel(f"% of the full-context return\n(mean ± std over {df['train_seed'].nunique()} "
-                          "training seeds)")
+    axes[0, 0].set_ylabel(f"% of the full-context return\n(mean ± std over {cells['seeds'].max()} training seeds)")
     handles = [plt.Line2D([], [], label=n + (" (recommended)" if n == recommended else ""), **style(n)) for n in colors]
     handles.append(plt.Line2D([], [], color="tab:blue", lw=2, alpha=0.4, label="full context"))
     axes[0, -1].legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))

@@ -1,9 +1,11 @@
-"""Study tables summarised: per compressor x budget (x mode), mean and sample std (ddof=1) over seeds."""
+"""Study tables summarised: per compressor x budget (x mode), mean and sample std (ddof=1) over seeds;
+and over training seeds (:func:`over_seeds`), the table a study's figure across seeds is drawn from."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from adkit.io import atomic_path
@@ -69,3 +71,48 @@ def summary(df: pd.DataFrame) -> pd.DataFrame:
     out["rank"] = (out["compressor"] != "none").astype(int)
     out = out.sort_values(["rank", "budget", "mode", "share_mean"], ascending=[True, False, True, False])
     return out.drop(columns="rank").reset_index(drop=True)
+
+
+OVER_SEEDS = ["mode", "kv", "fine_tuned", "compressor", "budget", "seeds", "mean", "std", "low", "high"]
+
+
+def over_seeds(df: pd.DataFrame) -> pd.DataFrame:
+    """Shares over training seeds, per part of the study (mode, kv, fine-tuned or not) x compressor x
+    budget: ``seeds`` counted, share ``mean``, sample ``std`` (ddof=1) and min-max (``low``, ``high``);
+    per part, budgets largest first and the best share first.
+
+    ``df``: a row per cell and training seed with ``compressor``, ``budget``, ``mode``, ``kv`` and
+    ``share`` (a fraction of that seed's full-context return); retrained rows whose ``init`` is ``run``
+    were fine-tuned from the run's model. The result is small and self-contained: keep it next to the
+    figure (:func:`adkit.study.figures.plot_shares_over_seeds`) to redraw it without the runs.
+    """
+    init = df["init"] if "init" in df.columns else pd.Series("", index=df.index)
+    df = df.assign(fine_tuned=(df["mode"] == RETRAINED) & (init == "run"))
+    g = df.groupby(["mode", "kv", "fine_tuned", "compressor", "budget"])["share"]
+    out = g.agg(seeds="count", mean="mean", std="std", low="min", high="max").reset_index()
+    out = out.sort_values(["mode", "kv", "fine_tuned", "budget", "mean"], ascending=[False, True, True, False, False])
+    return out[OVER_SEEDS].reset_index(drop=True)
+
+
+def verdicts(table: pd.DataFrame, recommended: str) -> list[str]:
+    """A line per part of the study and budget in ``table`` (:func:`over_seeds`): the best strategy, and
+    whether ``recommended`` beats ``random`` by more than the spread (the larger of their sample stds)."""
+    lines = []
+    strategies = table[~table["compressor"].isin(BASELINES)]
+    for (mode, kv, fine_tuned, budget), g in strategies.groupby(["mode", "kv", "fine_tuned", "budget"], sort=False):
+        best = g.loc[g["mean"].idxmax()]
+        part = f"{mode}{' (fine-tuned)' if fine_tuned else ''}, {kv}"
+        line = (f"K={budget} ({part}): best `{best['compressor']}` {100 * best['mean']:.1f} ± "
+                f"{100 * best['std']:.1f}% ({100 * best['low']:.0f}-{100 * best['high']:.0f}%)")
+        mine, rand = g[g["compressor"] == recommended], g[g["compressor"] == "random"]
+        if len(mine) and len(rand):
+            ours, theirs = mine.iloc[0], rand.iloc[0]
+            margin, spread = ours["mean"] - theirs["mean"], np.max([ours["std"], theirs["std"]])  # NaN: one seed
+            line += f"; recommended `{recommended}` {100 * ours['mean']:.1f}% vs random {100 * theirs['mean']:.1f}%: "
+            if np.isnan(spread):
+                line += f"{100 * margin:+.1f} points, one seed: no spread to compare with"
+            else:
+                line += (f"{'beats' if margin > spread else 'does NOT beat'} random by more than the spread "
+                         f"({100 * margin:+.1f} vs {100 * spread:.1f} points)")
+        lines.append(line)
+    return lines
