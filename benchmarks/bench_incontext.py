@@ -5,7 +5,8 @@
     python benchmarks/bench_incontext.py --profile paper --set train.episode_stride=4 --name paper-k4 \
         --histories data/paper-darkroom-ppo.h5
 
-Default mode: collect once (timed), then for each training seed train (timed) and
+Default mode: collect once (timed; saved to the profile's histories file, as ``adkit collect`` does,
+so the runs serve every later stage), then for each training seed train (timed) and
 evaluate on the held-out tasks (timed); prints per-seed and mean +- std of the
 first-episode and last-10-episode returns (absolute and share of optimal), the
 episode at which AD reaches 80% of optimal, and the source's own per-stream curve
@@ -34,7 +35,7 @@ import numpy as np
 
 from adkit import envs
 from adkit.config import load_config, parse_overrides
-from adkit.data.collect import collect
+from adkit.data.collect import collect_to_file
 from adkit.data.histories import load as load_histories
 from adkit.model.evaluate import summary
 from adkit.model.seeds import train_and_evaluate
@@ -72,9 +73,11 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     changes = parse_overrides(args.set)
     cfg = load_config(args.profile, changes)
-    t0 = time.perf_counter()
-    h = load_histories(args.histories) if args.histories else collect(cfg, progress=False)
-    t_collect = 0.0 if args.histories else time.perf_counter() - t0
+    if args.histories:
+        h, t_collect = load_histories(args.histories), 0.0
+    else:  # saved where the runs' later stages (a study retraining from scratch) look for them
+        path, t_collect = collect_to_file(cfg, progress=False)
+        h = load_histories(path)
     _, test = task_split(cfg)
     src = h.task_returns(test)  # (streams, episodes)
     print(f"profile {cfg.profile}: collect {t_collect:.1f} s ({cfg.collect.source}); source on held-out tasks: "
