@@ -306,10 +306,11 @@ def test_verdicts_name_the_best_and_weigh_the_recommended_against_random_by_the_
         return [dict(mode="retrained", kv="evict", fine_tuned=fine_tuned, compressor=c, budget=50, seeds=3, mean=m,
                      std=sd, low=m - sd, high=m + sd) for c, (m, sd) in shares.items()]
 
+    one_seed = [dict(mode="training-free", kv="evict", fine_tuned=False, compressor=c, budget=25, seeds=1, mean=m,
+                     std=float("nan"), low=m, high=m) for c, m in (("random", 0.5), ("recency", 0.4))]
     table = pd.DataFrame(part(True, {"none": (1.0, 0.0), "random": (0.80, 0.01), "recency": (0.95, 0.02)})
                          + part(False, {"random": (0.90, 0.05), "recency": (0.93, 0.04), "uniform": (0.97, 0.01)})
-                         + [dict(mode="training-free", kv="evict", fine_tuned=False, compressor=c, budget=25, seeds=1,
-                                 mean=m, std=float("nan"), low=m, high=m) for c, m in (("random", 0.5), ("recency", 0.4))])
+                         + one_seed)
     tuned, scratch, one_seed = verdicts(table, "recency")
     assert tuned.startswith("K=50 (retrained (fine-tuned), evict): best `recency` 95.0 ± 2.0%")
     assert "beats random by more than the spread (+15.0 vs 2.0 points)" in tuned
