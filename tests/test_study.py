@@ -278,25 +278,27 @@ def test_shares_over_seeds_draw_mean_and_sample_std_per_part(tmp_path):
     from adkit.study.summaries import over_seeds
 
     rows = [dict(compressor=c, budget=b, mode=m, kv=kv, init=init, train_seed=s, share=v)
-            for (m, kv, init) in (("training-free", "evict", None), ("retrained", "evict", "run"))
+            for (m, kv, init) in (("training-free", "evict", None), ("retrained", "evict", "run"),
+                                  ("retrained", "evict", "scratch"))
             for c, b, shares in (("random", 8, [0.5, 0.7, 0.6]), ("random", 4, [0.2, 0.4, 0.3]),
                                  ("recency", 8, [0.9, 1.0, 1.1]), ("none", 16, [1.0, 1.0, 1.0]))
             for s, v in enumerate(shares)]
     table = over_seeds(pd.DataFrame(rows))
-    cell = table[(table["mode"] == "retrained") & (table["compressor"] == "random") & (table["budget"] == 4)]
+    cell = table[table["fine_tuned"] & (table["compressor"] == "random") & (table["budget"] == 4)]
     assert cell[["seeds", "mean", "std", "low", "high"]].values.tolist() == [pytest.approx([3, 0.3, 0.1, 0.2, 0.4])]
-    assert cell["fine_tuned"].tolist() == [True] and not table[table["mode"] == "training-free"]["fine_tuned"].any()
+    assert set(table[table["fine_tuned"]]["mode"]) == {"retrained"} and (table["fine_tuned"].sum() == 4)  # init "run"
     table.to_csv(tmp_path / "shares.csv", index=False)  # the figure redraws from the saved table alone
     fig = plot_shares_over_seeds(pd.read_csv(tmp_path / "shares.csv"), recommended="recency")
-    left, right = fig.axes[:2]
-    assert [left.get_title(), right.get_title()] == ["training-free, kv: evict", "retrained (fine-tuned), kv: evict"]
+    left, right, scratch = fig.axes[:3]
+    assert [left.get_title(), right.get_title(), scratch.get_title()] == [
+        "training-free, kv: evict", "retrained (fine-tuned), kv: evict", "retrained (from scratch), kv: evict"]
     bars = {c.get_label(): c for c in left.containers}
     assert set(bars) == {"random", "recency"}  # the full context is the 100% line, not a strategy
     line, _, (err,) = bars["random"]
     assert list(line.get_xdata()) == [4, 8] and list(line.get_ydata()) == pytest.approx([30.0, 60.0])
     assert [seg[1, 1] - seg[0, 1] for seg in err.get_segments()] == pytest.approx([20.0, 20.0])  # 2 x std (ddof=1)
     assert bars["recency"][0].get_linewidth() > line.get_linewidth()  # the recommended one stands out
-    assert "(recommended)" in " ".join(t.get_text() for t in right.get_legend().get_texts())
+    assert "(recommended)" in " ".join(t.get_text() for t in scratch.get_legend().get_texts())
 
 
 def test_verdicts_name_the_best_and_weigh_the_recommended_against_random_by_the_spread():
