@@ -79,7 +79,8 @@ OVER_SEEDS = ["mode", "kv", "fine_tuned", "compressor", "budget", "seeds", "mean
 def over_seeds(df: pd.DataFrame) -> pd.DataFrame:
     """Shares over training seeds, per part of the study (mode, kv, fine-tuned or not) x compressor x
     budget: ``seeds`` counted, share ``mean``, sample ``std`` (ddof=1) and min-max (``low``, ``high``);
-    per part, budgets largest first and the best share first.
+    training-free parts first, fine-tuned before from scratch; per part, budgets largest first and the
+    best share first.
 
     ``df``: a row per cell and training seed with ``compressor``, ``budget``, ``mode``, ``kv`` and
     ``share`` (a fraction of that seed's full-context return); retrained rows whose ``init`` is ``run``
@@ -90,7 +91,7 @@ def over_seeds(df: pd.DataFrame) -> pd.DataFrame:
     df = df.assign(fine_tuned=(df["mode"] == RETRAINED) & (init == "run"))
     g = df.groupby(["mode", "kv", "fine_tuned", "compressor", "budget"])["share"]
     out = g.agg(seeds="count", mean="mean", std="std", low="min", high="max").reset_index()
-    out = out.sort_values(["mode", "kv", "fine_tuned", "budget", "mean"], ascending=[False, True, True, False, False])
+    out = out.sort_values(["mode", "kv", "fine_tuned", "budget", "mean"], ascending=[False, True, False, False, False])
     return out[OVER_SEEDS].reset_index(drop=True)
 
 
