@@ -152,8 +152,9 @@ def main() -> None:
             df.to_csv(tmp, index=False)
     if args.retrain:
         print("\nretrained for the evicting cache, share of the full-context return on the same streams:")
-        print(markdown_table(over_seeds(re_df)))
-        print("\n".join(verdicts(over_seeds(re_df), rec)))
+        re_table = over_seeds(re_df)
+        print(markdown_table(re_table))
+        print("\n".join(verdicts(re_table, rec)))
     table = over_seeds(df)
     if args.summary:
         with atomic_path(resolve(args.summary)) as tmp:
