@@ -18,15 +18,17 @@ training seeds (sample std, ddof=1, and min-max). The recommended strategy is th
 recommends most often across layers of each run (``RUN/attention/insights.json``; ``adkit attention``
 writes it), else ``--recommended``.
 
-``--retrain NAME ...`` also trains each NAME again for an evicting cache at each budget (``compress.kv:
-evict``, per-query keep masks; each run's own config and training seed) and evaluates it with that cache
-on the run's ``eval.seeds`` streams per held-out task. From scratch (the run's steps), its share is over
-the run's own full-context model on the same streams (the retrained study's ``none`` model would be that
-same model: same config, seed and steps). With ``--fine-tune STEPS`` each cell starts from the run's model
-and trains STEPS steps (``study.init: run``) in the run's retrained study
-(:func:`adkit.study.retrained.retrained_study`, ``--workers`` cells at once), and its share is over the
-run's model fine-tuned as long with its full context (the study's ``none`` cell). Cells train in
-``RUN/study/retrained/`` and resume if interrupted; ``--retrain-only`` skips the training-free part.
+``--retrain NAME ...`` also trains each NAME again for its compressed context at each budget and each ``--kv``
+(``evict``: the evicting cache's per-query keep masks, evaluated with that cache; ``reencode``: windows
+compressed as a re-encoding rollout compresses them, evaluated so; strategies without an evicting form get
+``reencode`` only), with each run's own config and training seed, on the run's ``eval.seeds`` streams per
+held-out task. From scratch (the run's steps), its share is over the run's own full-context model on the
+same streams (the retrained study's ``none`` model would be that same model: same config, seed and steps).
+With ``--fine-tune STEPS`` each cell starts from the run's model and trains STEPS steps (``study.init:
+run``) in the run's retrained study (:func:`adkit.study.retrained.retrained_study`, ``--workers`` cells at
+once), and its share is over the run's model fine-tuned as long with its full context (the study's
+``none`` cell). Cells train in ``RUN/study/retrained/`` and resume if interrupted; ``--retrain-only``
+skips the training-free part.
 ``--figure`` draws every share computed (finished cells are read back, not rerun) against the budget, a
 panel per part (:func:`adkit.study.figures.plot_shares_over_seeds`), from the shares over training seeds
 (:func:`adkit.study.summaries.over_seeds`), which ``--summary`` saves as CSV: keep it beside the figure,
@@ -42,6 +44,7 @@ from collections import Counter
 import pandas as pd
 
 from adkit.analysis.insights import markdown_table
+from adkit.compress.evict import kv_forms
 from adkit.io import atomic_path
 from adkit.model.checkpoint import load
 from adkit.model.evaluate import rollout
@@ -66,9 +69,9 @@ def per_seed(run_dirs: list[str], compressors, budgets, kvs, episodes: int) -> p
     return pd.concat(tables, ignore_index=True)
 
 
-def retrained_evict(run_dirs: list[str], names: list[str], budgets, episodes: int) -> pd.DataFrame:
-    """Each of ``names`` retrained from scratch for the evicting cache, per run and budget, against the
-    run's own full-context model."""
+def retrained(run_dirs: list[str], names: list[str], budgets, kvs, episodes: int) -> pd.DataFrame:
+    """Each of ``names`` retrained from scratch for each of ``kvs``, per run and budget, against the run's
+    own full-context model."""
     rows = []
     for i, d in enumerate(run_dirs):
         run = Run.open(resolve(d))
@@ -77,25 +80,26 @@ def retrained_evict(run_dirs: list[str], names: list[str], budgets, episodes: in
         full = rollout(load(run.weights), run.cfg.env.name, run.test_tasks, seeds=streams, episodes=episodes,
                        progress=False).returns.mean()
         for name in names:
-            for budget in budgets:
-                row = run_cell(run, name, budget, seed, "evict", run.cfg.train.steps, episodes, {}, progress=True)
-                rows.append({**row, "full_return": float(full), "run": str(d), "train_seed": i})
-                print(f"{d}: {name} @ {budget} retrained for the evicting cache: {row['return']:.3f} against "
-                      f"{full:.3f} full context ({100 * row['return'] / full:.1f}%)", flush=True)
+            for kv in kv_forms(name, kvs):
+                for budget in budgets:
+                    row = run_cell(run, name, budget, seed, kv, run.cfg.train.steps, episodes, {}, progress=True)
+                    rows.append({**row, "full_return": float(full), "run": str(d), "train_seed": i})
+                    print(f"{d}: {name} @ {budget} retrained ({kv}): {row['return']:.3f} against "
+                          f"{full:.3f} full context ({100 * row['return'] / full:.1f}%)", flush=True)
     df = pd.DataFrame(rows)
     return df.assign(share=share(df))
 
 
-def fine_tuned_evict(run_dirs: list[str], names: list[str], budgets, episodes: int, steps: int,
-                     workers: int) -> pd.DataFrame:
-    """Each run's retrained study for the evicting cache, every cell (and the full-context ``none``)
-    fine-tuned from the run's model for ``steps`` steps."""
+def fine_tuned(run_dirs: list[str], names: list[str], budgets, kvs, episodes: int, steps: int,
+               workers: int) -> pd.DataFrame:
+    """Each run's retrained study for ``kvs``, every cell (and the full-context ``none``) fine-tuned from the
+    run's model for ``steps`` steps."""
     tables = []
     for i, d in enumerate(run_dirs):
         run = Run.open(resolve(d))
         st = dataclasses.replace(run.cfg.study, init="run", steps=steps, episodes=episodes, workers=workers)
         run = run.with_config(dataclasses.replace(run.cfg, study=st))
-        df = retrained_study(run, names, budgets, seeds=[run.cfg.train.seed], kvs=["evict"])
+        df = retrained_study(run, names, budgets, seeds=[run.cfg.train.seed], kvs=kvs)
         tables.append(df.assign(run=str(d), train_seed=i))
         print(f"{d}: {len(df)} fine-tuned cells", flush=True)
     df = pd.concat(tables, ignore_index=True)
@@ -111,7 +115,7 @@ def main() -> None:
     p.add_argument("--episodes", type=int, default=50)
     p.add_argument("--recommended", default="attention", help="when a run has no insights.json")
     p.add_argument("--out", default=None, help="also write every cell of every run here (CSV)")
-    p.add_argument("--retrain", nargs="+", default=None, help="also retrain these strategies for the evicting cache")
+    p.add_argument("--retrain", nargs="+", default=None, help="also retrain these strategies for each --kv")
     p.add_argument("--fine-tune", type=int, default=0, metavar="STEPS",
                    help="with --retrain: start each model from the run's and train STEPS steps (0: from scratch)")
     p.add_argument("--workers", type=int, default=1, help="with --fine-tune: cells trained at once")
@@ -142,16 +146,16 @@ def main() -> None:
         print("\n".join(verdicts(table, rec)))
     if args.retrain:
         if args.fine_tune:
-            re_df = fine_tuned_evict(args.runs, args.retrain, args.budgets, args.episodes, args.fine_tune,
-                                     args.workers)
+            re_df = fine_tuned(args.runs, args.retrain, args.budgets, args.kv, args.episodes, args.fine_tune,
+                               args.workers)
         else:
-            re_df = retrained_evict(args.runs, args.retrain, args.budgets, args.episodes)
+            re_df = retrained(args.runs, args.retrain, args.budgets, args.kv, args.episodes)
         df = pd.concat([df, re_df], ignore_index=True)
     if args.out:
         with atomic_path(resolve(args.out)) as tmp:
             df.to_csv(tmp, index=False)
     if args.retrain:
-        print("\nretrained for the evicting cache, share of the full-context return on the same streams:")
+        print("\nretrained, share of the full-context return on the same streams:")
         re_table = over_seeds(re_df)
         print(markdown_table(re_table))
         print("\n".join(verdicts(re_table, rec)))

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from adkit.compress import make
-from adkit.compress.evict import Evictor, keep_mask, set_shape
+from adkit.compress.evict import Evictor, keep_mask, kv_forms, set_shape
 from adkit.compress.strategies import Transitions
 from adkit.data.tokens import STEP_INPUTS, Tokens
 from adkit.model import ADTransformer, ModelConfig
@@ -168,6 +168,13 @@ def test_zero_budget_and_strategies_without_an_eviction_form_fail(model):
         kw = {"horizon": 50} if name == "best-episode" else {"policy": print} if name == "oracle" else {}
         with pytest.raises(ValueError, match=match):
             Evictor(make(name, K, **kw), 2, WINDOW)
+
+
+def test_strategies_without_an_eviction_form_are_only_reencoded():
+    assert kv_forms("recency", ["reencode", "evict"]) == ["reencode", "evict"]
+    assert kv_forms("h2o", ["evict"]) == ["evict"]
+    assert kv_forms("best-episode", ["reencode", "evict"]) == ["reencode"]
+    assert kv_forms("threshold", ["evict"]) == []
 
 
 def test_replaying_attention_scores_needs_them_fed():

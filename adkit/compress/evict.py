@@ -58,6 +58,12 @@ NOT_EVICTABLE = {
 }
 
 
+def kv_forms(name: str, kvs) -> list[str]:
+    """The ways among ``kvs`` (of :data:`KV`) strategy ``name`` can keep a context: ``reencode`` always,
+    ``evict`` unless it is in :data:`NOT_EVICTABLE`."""
+    return [kv for kv in kvs if kv == "reencode" or name not in NOT_EVICTABLE]
+
+
 def set_shape(sets: str, n_layer: int, n_head: int) -> tuple[int, int]:
     """``(layers, heads)`` of independent keep sets per stream for ``sets`` (one of :data:`SETS`)."""
     if sets not in SETS:

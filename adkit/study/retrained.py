@@ -58,7 +58,7 @@ from adkit.analysis.attention import window_contexts
 from adkit.analysis.insights import markdown_table
 from adkit.compress.context import compress_window, query_attention
 from adkit.compress.cost import decision_cost, decision_flops, forward_flops, peak_allocated_mb, time_ms
-from adkit.compress.evict import NOT_EVICTABLE, keep_mask
+from adkit.compress.evict import keep_mask, kv_forms
 from adkit.data.collect import load_for
 from adkit.io import write_text
 from adkit.model.checkpoint import load
@@ -218,7 +218,7 @@ def retrained_study(run: Run, compressors: Sequence[str] | None = None, budgets:
                              f"{st.init} and {episodes}; remove the file or set the same study.steps, "
                              "study.init and study.episodes")
     cells = [(c, b, s, kv) for s in seeds for c, bs in [("none", [n]), *((c, budgets) for c in names)] for b in bs
-             for kv in (["cache"] if c == "none" else [k for k in kvs if k == "reencode" or c not in NOT_EVICTABLE])]
+             for kv in (["cache"] if c == "none" else kv_forms(c, kvs))]
     extra = {}
     if "profile" in names:
         contexts = window_contexts(run.cfg, load_for(run.cfg, hist), 64, seed=0).inputs

@@ -67,7 +67,7 @@ from adkit import compress, envs
 from adkit.analysis.insights import kl, markdown_table
 from adkit.compress.context import build, compressed_logits
 from adkit.compress.cost import decision_cost
-from adkit.compress.evict import KV, NOT_EVICTABLE
+from adkit.compress.evict import KV, kv_forms
 from adkit.data.tokens import INPUTS, Tokens
 from adkit.io import write_text
 from adkit.model.checkpoint import load
@@ -297,7 +297,7 @@ def training_free_study(run: Run, compressors: Sequence[str] | None = None, budg
     cells = [(s, c, b, BASELINE_KV.get(c, kv)) for i, s in enumerate(seeds) for c in [*BASELINES, *names]
              if i < (reduced.get(c, Protocol()).seeds or len(seeds))
              for b in ([n] if c in BASELINES else budgets)
-             for kv in ([None] if c in BASELINES else [k for k in kvs if k == "reencode" or c not in NOT_EVICTABLE])]
+             for kv in ([None] if c in BASELINES else kv_forms(c, kvs))]
     refs: dict[int, Reference] = {}  # the latest seed's reference (cells come seed by seed)
 
     def compute(seed: int, name: str, budget: int, kv: str) -> dict:
