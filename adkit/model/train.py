@@ -408,5 +408,6 @@ def train(run: Run, h: Histories, progress: bool = True, time_budget_s: float = 
         dist.all_gather_object(sums, replica_checksum(trainer.model))
         if trainer.rank == 0:
             write_text(run.dir / "replicas.json", json.dumps({"checksums": sums}) + "\n")
+        dist.barrier()  # no rank closes its connections while another still reads from them (gloo aborts)
         dist.destroy_process_group()
     return run.dir
