@@ -7,8 +7,10 @@ than the spread.
         --budgets 50 25 --kv evict --episodes 50 [--compressors recency h2o ...] [--out results/k2d-study.csv]
         [--retrain reward-recent ... [--fine-tune STEPS] [--workers 2] [--retrain-only]]
         [--figure shares.png [--summary shares.csv]]
-    python benchmarks/bench_seeds_study.py --redraw docs/key-to-door-compression.csv --recommended recency \
-        --figure docs/key-to-door-compression.png
+    python benchmarks/bench_seeds_study.py --cells cell-a.csv cell-b.csv ... --recommended recency [--out cells.csv]
+        [--summary shares.csv] [--figure shares.png]
+    python benchmarks/bench_seeds_study.py --redraw docs/key-to-door-compression.csv [more.csv ...] \
+        --recommended recency --figure docs/key-to-door-compression.png
 
 Each run (one training seed of a profile, e.g. the run folders ``bench_incontext.py`` keeps) gets
 :func:`adkit.study.training_free.training_free_study` on its held-out tasks with evaluation seed 0,
@@ -32,7 +34,9 @@ skips the training-free part.
 ``--figure`` draws every share computed (finished cells are read back, not rerun) against the budget, a
 panel per part (:func:`adkit.study.figures.plot_shares_over_seeds`), from the shares over training seeds
 (:func:`adkit.study.summaries.over_seeds`), which ``--summary`` saves as CSV: keep it beside the figure,
-and ``--redraw CSV`` draws the figure again from it alone, without the runs.
+and ``--redraw CSV ...`` draws the figure again from such tables alone, without the runs. ``--cells CSV ...``
+reads the cells that earlier invocations wrote with ``--out`` (one cell per invocation, say, run two at a
+time) and summarises them together, as if one invocation had computed them all.
 """
 
 from __future__ import annotations
@@ -122,16 +126,26 @@ def main() -> None:
     p.add_argument("--retrain-only", action="store_true", help="with --retrain: skip the training-free study")
     p.add_argument("--figure", default=None, help="also draw the shares against the budget here (PNG)")
     p.add_argument("--summary", default=None, help="also write the shares over training seeds here (CSV)")
-    p.add_argument("--redraw", default=None, metavar="CSV", help="only draw --figure from a --summary CSV")
+    p.add_argument("--cells", nargs="+", default=None, metavar="CSV",
+                   help="instead of --runs: summarise the cells of earlier --out files together")
+    p.add_argument("--redraw", nargs="+", default=None, metavar="CSV",
+                   help="only draw --figure from --summary CSVs (drawn together)")
     args = p.parse_args()
     if args.redraw:
         if not args.figure:
             p.error("--redraw needs --figure")
-        table = pd.read_csv(resolve(args.redraw))
+        table = pd.concat([pd.read_csv(resolve(c)) for c in args.redraw], ignore_index=True)
         print(f"figure: {save_png(plot_shares_over_seeds(table, args.recommended), resolve(args.figure))}")
         return
+    if args.cells:
+        df = read_cells(args.cells)
+        table = over_seeds(df)
+        print(markdown_table(table))
+        print("\n".join(verdicts(table, args.recommended)))
+        write_outputs(df, args.out, args.summary, args.figure, args.recommended)
+        return
     if not (args.runs and args.budgets):
-        p.error("--runs and --budgets are required (unless --redraw)")
+        p.error("--runs and --budgets are required (unless --cells or --redraw)")
     df = pd.DataFrame()
     recs = [recommended(Run.open(resolve(d))) for d in args.runs]
     rec = Counter(r for r in recs if r).most_common(1)[0][0] if any(recs) else args.recommended
@@ -151,21 +165,36 @@ def main() -> None:
         else:
             re_df = retrained(args.runs, args.retrain, args.budgets, args.kv, args.episodes)
         df = pd.concat([df, re_df], ignore_index=True)
-    if args.out:
-        with atomic_path(resolve(args.out)) as tmp:
-            df.to_csv(tmp, index=False)
+    write_outputs(df, args.out, args.summary, args.figure, rec)
     if args.retrain:
         print("\nretrained, share of the full-context return on the same streams:")
         re_table = over_seeds(re_df)
         print(markdown_table(re_table))
         print("\n".join(verdicts(re_table, rec)))
-    table = over_seeds(df)
-    if args.summary:
-        with atomic_path(resolve(args.summary)) as tmp:
-            table.to_csv(tmp, index=False)
-    if args.figure:
-        print(f"figure: {save_png(plot_shares_over_seeds(table, rec), resolve(args.figure))}")
 
+
+def read_cells(paths: list[str]) -> pd.DataFrame:
+    """The cells of earlier ``--out`` files, each cell once."""
+    df = pd.concat([pd.read_csv(resolve(c)) for c in paths], ignore_index=True)
+    key = [k for k in ("run", "mode", "kv", "init", "compressor", "budget") if k in df.columns]
+    twice = df[df.duplicated(key, keep=False)]
+    if len(twice):
+        raise SystemExit(f"these cells are in more than one file; keep one of each:\n{twice[key].to_string()}")
+    return df
+
+
+def write_outputs(df: pd.DataFrame, out: str | None, summary: str | None, figure: str | None, rec: str) -> None:
+    """The cells to ``out``, their shares over training seeds to ``summary`` (both CSV, atomically) and
+    drawn to ``figure``."""
+    if out:
+        with atomic_path(resolve(out)) as tmp:
+            df.to_csv(tmp, index=False)
+    table = over_seeds(df)
+    if summary:
+        with atomic_path(resolve(summary)) as tmp:
+            table.to_csv(tmp, index=False)
+    if figure:
+        print(f"figure: {save_png(plot_shares_over_seeds(table, rec), resolve(figure))}")
 
 if __name__ == "__main__":
     main()
