@@ -27,7 +27,7 @@ import pandas as pd
 from adkit.paths import resolve
 from adkit.run import Run
 from adkit.study.cells import read_table, write_table
-from adkit.study.retrained import COLUMNS, TABLE, run_cell
+from adkit.study.retrained import COLUMNS, EQUAL_TARGETS, TABLE, equal_targets_batch, run_cell
 
 
 def main() -> None:
@@ -44,7 +44,6 @@ def main() -> None:
     if study.empty:
         raise SystemExit(f"{run.study / TABLE} is empty: run `adkit study --run-dir {args.run_dir}` first")
     steps, episodes = int(study["train_steps"].iloc[0]), int(study["episodes"].iloc[0])
-    seq_len = cfg.train.seq_len or 2 * cfg.model.n_transit
     out = resolve(args.out) if args.out else run.study / "equal_targets.csv"
     rows = read_table(out, COLUMNS).to_dict("records")
     done = {(r["compressor"], int(r["budget"]), int(r["seed"])) for r in rows}
@@ -53,10 +52,10 @@ def main() -> None:
             for budget in args.budgets:
                 if (name, budget, seed) in done:
                     continue
-                windows = cfg.train.batch_size * seq_len // (budget + 1)
+                windows = equal_targets_batch(cfg, budget)
                 print(f"{name} @ {budget}, seed {seed}: {windows} windows per step", flush=True)
                 row = run_cell(run, name, budget, seed, "reencode", steps, episodes, {},
-                               compress_kw={"batch": windows}, root=run.study / "equal-targets")
+                               compress_kw={"batch": windows}, root=run.study / EQUAL_TARGETS)
                 rows.append(row)
                 write_table(pd.DataFrame(rows, columns=COLUMNS), out, COLUMNS)
 

@@ -57,8 +57,8 @@ from adkit.plots import save_png
 from adkit.run import Run
 from adkit.study.cells import share
 from adkit.study.figures import plot_shares_over_seeds
-from adkit.study.retrained import recommended, retrained_study, run_cell
-from adkit.study.summaries import over_seeds, verdicts
+from adkit.study.retrained import EQUAL_TARGETS, equal_targets_batch, recommended, retrained_study, run_cell
+from adkit.study.summaries import by_budget, over_seeds, verdicts
 from adkit.study.training_free import study_compressors, training_free_study
 
 
@@ -73,9 +73,11 @@ def per_seed(run_dirs: list[str], compressors, budgets, kvs, episodes: int) -> p
     return pd.concat(tables, ignore_index=True)
 
 
-def retrained(run_dirs: list[str], names: list[str], budgets, kvs, episodes: int) -> pd.DataFrame:
+def retrained(run_dirs: list[str], names: list[str], budgets, kvs, episodes: int,
+              equal_targets: bool = False) -> pd.DataFrame:
     """Each of ``names`` retrained from scratch for each of ``kvs``, per run and budget, against the run's
-    own full-context model."""
+    own full-context model; with ``equal_targets`` re-encoded cells train on as many action targets per
+    step as that model (:func:`equal_targets_batch` windows, in ``RUN/study/equal-targets/``)."""
     rows = []
     for i, d in enumerate(run_dirs):
         run = Run.open(resolve(d))
@@ -86,8 +88,13 @@ def retrained(run_dirs: list[str], names: list[str], budgets, kvs, episodes: int
         for name in names:
             for kv in kv_forms(name, kvs):
                 for budget in budgets:
-                    row = run_cell(run, name, budget, seed, kv, run.cfg.train.steps, episodes, {}, progress=True)
-                    rows.append({**row, "full_return": float(full), "run": str(d), "train_seed": i})
+                    equal = equal_targets and kv == "reencode"
+                    more = dict(compress_kw={"batch": equal_targets_batch(run.cfg, budget)},
+                                root=str(run.study / EQUAL_TARGETS)) if equal else {}
+                    row = run_cell(run, name, budget, seed, kv, run.cfg.train.steps, episodes, {}, progress=True,
+                                   **more)
+                    rows.append({**row, "full_return": float(full), "run": str(d), "train_seed": i,
+                                 "equal_targets": equal})
                     print(f"{d}: {name} @ {budget} retrained ({kv}): {row['return']:.3f} against "
                           f"{full:.3f} full context ({100 * row['return'] / full:.1f}%)", flush=True)
     df = pd.DataFrame(rows)
@@ -122,6 +129,9 @@ def main() -> None:
     p.add_argument("--retrain", nargs="+", default=None, help="also retrain these strategies for each --kv")
     p.add_argument("--fine-tune", type=int, default=0, metavar="STEPS",
                    help="with --retrain: start each model from the run's and train STEPS steps (0: from scratch)")
+    p.add_argument("--equal-targets", action="store_true",
+                   help="with --retrain from scratch and --kv reencode: as many action targets per step as the "
+                        "full-context model (each compressed window gives K + 1; an evicting cache's window, all)")
     p.add_argument("--workers", type=int, default=1, help="with --fine-tune: cells trained at once")
     p.add_argument("--retrain-only", action="store_true", help="with --retrain: skip the training-free study")
     p.add_argument("--figure", default=None, help="also draw the shares against the budget here (PNG)")
@@ -140,8 +150,7 @@ def main() -> None:
     if args.cells:
         df = read_cells(args.cells)
         table = over_seeds(df)
-        print(markdown_table(table))
-        print("\n".join(verdicts(table, args.recommended)))
+        report(table, args.recommended)
         write_outputs(df, args.out, args.summary, args.figure, args.recommended)
         return
     if not (args.runs and args.budgets):
@@ -155,28 +164,34 @@ def main() -> None:
         table = over_seeds(df)
         print(f"\nshare of the full-context return over {len(args.runs)} training seeds (evaluation seed 0, "
               f"{args.episodes} episodes, held-out tasks):")
-        print(markdown_table(table))
-        print(f"\nrecommended from the attention: `{rec}` (per run: {recs})")
-        print("\n".join(verdicts(table, rec)))
+        print(f"recommended from the attention: `{rec}` (per run: {recs})")
+        report(table, rec)
     if args.retrain:
         if args.fine_tune:
             re_df = fine_tuned(args.runs, args.retrain, args.budgets, args.kv, args.episodes, args.fine_tune,
                                args.workers)
         else:
-            re_df = retrained(args.runs, args.retrain, args.budgets, args.kv, args.episodes)
+            re_df = retrained(args.runs, args.retrain, args.budgets, args.kv, args.episodes, args.equal_targets)
         df = pd.concat([df, re_df], ignore_index=True)
     write_outputs(df, args.out, args.summary, args.figure, rec)
     if args.retrain:
         print("\nretrained, share of the full-context return on the same streams:")
-        re_table = over_seeds(re_df)
-        print(markdown_table(re_table))
-        print("\n".join(verdicts(re_table, rec)))
+        report(over_seeds(re_df), rec)
+
+
+def report(table: pd.DataFrame, rec: str) -> None:
+    """Print the shares over training seeds (:func:`over_seeds`) as a strategy x budget table per part of the
+    study, then the verdicts."""
+    for part, grid in by_budget(table).items():
+        print(f"\n{part}: share of the full-context return, mean ± sample std over training seeds (min-max)")
+        print(markdown_table(grid))
+    print("\n" + "\n".join(verdicts(table, rec)))
 
 
 def read_cells(paths: list[str]) -> pd.DataFrame:
     """The cells of earlier ``--out`` files, each cell once."""
     df = pd.concat([pd.read_csv(resolve(c)) for c in paths], ignore_index=True)
-    key = [k for k in ("run", "mode", "kv", "init", "compressor", "budget") if k in df.columns]
+    key = [k for k in ("run", "mode", "kv", "init", "equal_targets", "compressor", "budget") if k in df.columns]
     twice = df[df.duplicated(key, keep=False)]
     if len(twice):
         raise SystemExit(f"these cells are in more than one file; keep one of each:\n{twice[key].to_string()}")

@@ -301,6 +301,21 @@ def test_shares_over_seeds_draw_mean_and_sample_std_per_part(tmp_path):
     assert "(recommended)" in " ".join(t.get_text() for t in scratch.get_legend().get_texts())
 
 
+def test_shares_by_budget_are_a_strategy_by_budget_table_per_part():
+    from adkit.study.summaries import by_budget
+
+    rows = [dict(mode="retrained", kv=kv, fine_tuned=False, compressor=c, budget=b, seeds=3, mean=m, std=0.01,
+                 low=m - 0.01, high=m + 0.02)
+            for kv in ("evict", "reencode") for c, b, m in (("none", 200, 1.0), ("recency", 100, 0.999),
+                                                           ("random", 100, 0.974), ("random", 25, 0.691))]
+    tables = by_budget(pd.DataFrame(rows))
+    assert list(tables) == ["retrained (from scratch), kv: evict", "retrained (from scratch), kv: reencode"]
+    grid = tables["retrained (from scratch), kv: evict"]
+    assert grid.columns.tolist() == ["strategy", "K = 100", "K = 25"]  # no baseline column
+    assert grid.values.tolist() == [["recency", "99.9 ± 1.0% (98.9-101.9)", ""],
+                                    ["random", "97.4 ± 1.0% (96.4-99.4)", "69.1 ± 1.0% (68.1-71.1)"]]
+
+
 def test_verdicts_name_the_best_and_weigh_the_recommended_against_random_by_the_spread():
     from adkit.study.summaries import verdicts
 
@@ -314,8 +329,9 @@ def test_verdicts_name_the_best_and_weigh_the_recommended_against_random_by_the_
                          + part(False, {"random": (0.90, 0.05), "recency": (0.93, 0.04), "uniform": (0.97, 0.01)})
                          + one_seed)
     tuned, scratch, one_seed = verdicts(table, "recency")
-    assert tuned.startswith("K=50 (retrained (fine-tuned), evict): best `recency` 95.0 ± 2.0%")
+    assert tuned.startswith("K=50 (retrained (fine-tuned), kv: evict): best `recency` 95.0 ± 2.0%")
     assert "beats random by more than the spread (+15.0 vs 2.0 points)" in tuned
-    assert scratch.startswith("K=50 (retrained, evict): best `uniform` 97.0")  # the parts are not mixed
+    assert scratch.startswith("K=50 (retrained (from scratch), kv: evict): best `uniform` 97.0")  # parts apart
     assert "does NOT beat random by more than the spread (+3.0 vs 5.0 points)" in scratch
-    assert one_seed.startswith("K=25 (training-free, evict): best `random`") and "-10.0 points, one seed" in one_seed
+    assert one_seed.startswith("K=25 (training-free, kv: evict): best `random`")
+    assert "-10.0 points, one seed" in one_seed

@@ -27,7 +27,7 @@ from matplotlib.ticker import MaxNLocator, NullFormatter
 
 from adkit import envs
 from adkit.plots import band, widget_panel
-from adkit.study.summaries import BASELINES, RETRAINED, summary, summary_table
+from adkit.study.summaries import BASELINES, RETRAINED, part_label, summary, summary_table
 
 CMAP = "Reds"
 
@@ -234,8 +234,7 @@ def plot_shares_over_seeds(table: pd.DataFrame, recommended: str | None = None) 
             ax.errorbar(g["budget"], 100 * g["mean"], yerr=100 * g["std"].fillna(0.0), capsize=2, ms=4, label=name,
                         **style(name))
         ax.axhline(100, color="tab:blue", lw=2, alpha=0.4)
-        how = " (fine-tuned)" if fine_tuned else " (from scratch)" if mode == RETRAINED else ""
-        ax.set_title(f"{mode}{how}, kv: {kv}", fontsize=10)
+        ax.set_title(part_label(mode, kv, fine_tuned), fontsize=10)
         budgets = sorted(set(part["budget"]))
         ax.set_xscale("log", base=2)
         ax.set_xticks(budgets, [str(b) for b in budgets])

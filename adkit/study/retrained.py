@@ -63,7 +63,7 @@ from adkit.data.collect import load_for
 from adkit.io import write_text
 from adkit.model.checkpoint import load
 from adkit.model.evaluate import rollout
-from adkit.model.train import Trainer, loss_and_accuracy, window_compressor
+from adkit.model.train import Trainer, loss_and_accuracy, seq_len, window_compressor
 from adkit.plots import save_png
 from adkit.run import Run
 from adkit.study import training_free
@@ -117,6 +117,16 @@ def train_step_cost(trainer: Trainer) -> tuple[float, float]:
         trainer.opt.zero_grad(set_to_none=True)
 
     return time_ms(step), peak_allocated_mb(step)
+
+
+EQUAL_TARGETS = "equal-targets"  # RUN/study/<this>/: cells retrained re-encoded with equal_targets_batch windows
+
+
+def equal_targets_batch(cfg, budget: int) -> int:
+    """Re-encoded windows per step (``compress.batch``) that carry as many action targets, ``budget + 1``
+    each, as a step of the full-context model of ``cfg`` (``train.batch_size`` sequences of
+    :func:`~adkit.model.train.seq_len`)."""
+    return cfg.train.batch_size * seq_len(cfg) // (budget + 1)
 
 
 def cell_run(run: Run, name: str, budget: int, seed: int, steps: int, compress_kw: dict | None = None,

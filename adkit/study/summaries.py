@@ -95,6 +95,29 @@ def over_seeds(df: pd.DataFrame) -> pd.DataFrame:
     return out[OVER_SEEDS].reset_index(drop=True)
 
 
+def part_label(mode: str, kv: str, fine_tuned: bool) -> str:
+    """A part of the study as tables, verdicts and figure panels name it, e.g. ``training-free, kv: evict``,
+    ``retrained (fine-tuned), kv: evict``, ``retrained (from scratch), kv: reencode``."""
+    how = " (fine-tuned)" if fine_tuned else " (from scratch)" if mode == RETRAINED else ""
+    return f"{mode}{how}, kv: {kv}"
+
+
+def by_budget(table: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """Per part of the study in ``table`` (:func:`over_seeds`, named by :func:`part_label`): a strategy x
+    budget table of ``"mean ± std% (low-high)"`` shares, a column ``strategy`` and one per budget, largest
+    first; strategies in the table's order (best first at the largest budget); the baselines left out."""
+    cells = table[~table["compressor"].isin(BASELINES)]
+    out = {}
+    for key, g in cells.groupby(["mode", "kv", "fine_tuned"], sort=False):
+        text = [f"{pm} ({100 * lo:.1f}-{100 * hi:.1f})"
+                for pm, lo, hi in zip(plus_minus(100 * g["mean"], 100 * g["std"], ".1f", "%"), g["low"], g["high"])]
+        grid = g.assign(text=text).pivot(index="compressor", columns="budget", values="text")
+        grid = grid[sorted(grid.columns, reverse=True)].reindex(list(dict.fromkeys(g["compressor"]))).fillna("")
+        out[part_label(*key)] = grid.rename(columns=lambda b: f"K = {b}").rename_axis(None, axis=1).rename_axis(
+            "strategy").reset_index()
+    return out
+
+
 def verdicts(table: pd.DataFrame, recommended: str) -> list[str]:
     """A line per part of the study and budget in ``table`` (:func:`over_seeds`): the best strategy, and
     whether ``recommended`` beats ``random`` by more than the spread (the larger of their sample stds)."""
@@ -102,9 +125,9 @@ def verdicts(table: pd.DataFrame, recommended: str) -> list[str]:
     strategies = table[~table["compressor"].isin(BASELINES)]
     for (mode, kv, fine_tuned, budget), g in strategies.groupby(["mode", "kv", "fine_tuned", "budget"], sort=False):
         best = g.loc[g["mean"].idxmax()]
-        part = f"{mode}{' (fine-tuned)' if fine_tuned else ''}, {kv}"
-        line = (f"K={budget} ({part}): best `{best['compressor']}` {100 * best['mean']:.1f} ± "
-                f"{100 * best['std']:.1f}% ({100 * best['low']:.0f}-{100 * best['high']:.0f}%)")
+        line = (f"K={budget} ({part_label(mode, kv, fine_tuned)}): best `{best['compressor']}` "
+                f"{100 * best['mean']:.1f} ± {100 * best['std']:.1f}% "
+                f"({100 * best['low']:.0f}-{100 * best['high']:.0f}%)")
         mine, rand = g[g["compressor"] == recommended], g[g["compressor"] == "random"]
         if len(mine) and len(rand):
             ours, theirs = mine.iloc[0], rand.iloc[0]
