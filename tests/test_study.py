@@ -287,6 +287,8 @@ def test_shares_over_seeds_draw_mean_and_sample_std_per_part(tmp_path):
     cell = table[table["fine_tuned"] & (table["compressor"] == "random") & (table["budget"] == 4)]
     assert cell[["seeds", "mean", "std", "low", "high"]].values.tolist() == [pytest.approx([3, 0.3, 0.1, 0.2, 0.4])]
     assert set(table[table["fine_tuned"]]["mode"]) == {"retrained"} and (table["fine_tuned"].sum() == 4)  # init "run"
+    equal = pd.DataFrame(rows).assign(equal_targets=lambda d: d["init"] == "scratch")
+    assert over_seeds(equal)["equal_targets"].sum() == 4  # the from-scratch cells, a part of their own
     table.to_csv(tmp_path / "shares.csv", index=False)  # the figure redraws from the saved table alone
     fig = plot_shares_over_seeds(pd.read_csv(tmp_path / "shares.csv"), recommended="recency")
     left, right, scratch = fig.axes[:3]
@@ -302,7 +304,7 @@ def test_shares_over_seeds_draw_mean_and_sample_std_per_part(tmp_path):
 
 
 def test_shares_by_budget_are_a_strategy_by_budget_table_per_part():
-    from adkit.study.summaries import by_budget
+    from adkit.study.summaries import by_budget, part_label
 
     rows = [dict(mode="retrained", kv=kv, fine_tuned=False, compressor=c, budget=b, seeds=3, mean=m, std=0.01,
                  low=m - 0.01, high=m + 0.02)
@@ -310,6 +312,7 @@ def test_shares_by_budget_are_a_strategy_by_budget_table_per_part():
                                                            ("random", 100, 0.974), ("random", 25, 0.691))]
     tables = by_budget(pd.DataFrame(rows))
     assert list(tables) == ["retrained (from scratch), kv: evict", "retrained (from scratch), kv: reencode"]
+    assert part_label("retrained", "reencode", False, True) == "retrained (from scratch, equal targets), kv: reencode"
     grid = tables["retrained (from scratch), kv: evict"]
     assert grid.columns.tolist() == ["strategy", "K = 100", "K = 25"]  # no baseline column
     assert grid.values.tolist() == [["recency", "99.9 ± 1.0% (98.9-101.9)", ""],

@@ -27,7 +27,7 @@ from matplotlib.ticker import MaxNLocator, NullFormatter
 
 from adkit import envs
 from adkit.plots import band, widget_panel
-from adkit.study.summaries import BASELINES, RETRAINED, part_label, summary, summary_table
+from adkit.study.summaries import BASELINES, PART, RETRAINED, part_label, summary, summary_table, with_parts
 
 CMAP = "Reds"
 
@@ -218,8 +218,9 @@ def plot_shares_over_seeds(table: pd.DataFrame, recommended: str | None = None) 
     ``table``: shares over training seeds, as :func:`adkit.study.summaries.over_seeds` gives them (or
     as saved to CSV).
     """
+    table = with_parts(table)
     cells = table[~table["compressor"].isin(BASELINES)]
-    parts = list(dict.fromkeys(zip(cells["mode"], cells["kv"], cells["fine_tuned"])))
+    parts = list(dict.fromkeys(cells[PART].itertuples(index=False, name=None)))
     colors = _colors(list(dict.fromkeys(cells["compressor"])))
 
     def style(name: str) -> dict:
@@ -227,14 +228,14 @@ def plot_shares_over_seeds(table: pd.DataFrame, recommended: str | None = None) 
                     lw=3 if name == recommended else 1.2)
 
     fig, axes = plt.subplots(1, len(parts), figsize=(4.5 * len(parts) + 2.5, 4.5), sharey=True, squeeze=False)
-    for ax, (mode, kv, fine_tuned) in zip(axes[0], parts):
-        part = cells[(cells["mode"] == mode) & (cells["kv"] == kv) & (cells["fine_tuned"] == fine_tuned)]
+    for ax, key in zip(axes[0], parts):
+        part = cells[(cells[PART] == pd.Series(key, index=PART)).all(axis=1)]
         for name, g in part.groupby("compressor", sort=False):
             g = g.sort_values("budget")
             ax.errorbar(g["budget"], 100 * g["mean"], yerr=100 * g["std"].fillna(0.0), capsize=2, ms=4, label=name,
                         **style(name))
         ax.axhline(100, color="tab:blue", lw=2, alpha=0.4)
-        ax.set_title(part_label(mode, kv, fine_tuned), fontsize=10)
+        ax.set_title(part_label(*key), fontsize=10)
         budgets = sorted(set(part["budget"]))
         ax.set_xscale("log", base=2)
         ax.set_xticks(budgets, [str(b) for b in budgets])

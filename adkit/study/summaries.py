@@ -73,7 +73,10 @@ def summary(df: pd.DataFrame) -> pd.DataFrame:
     return out.drop(columns="rank").reset_index(drop=True)
 
 
-OVER_SEEDS = ["mode", "kv", "fine_tuned", "compressor", "budget", "seeds", "mean", "std", "low", "high"]
+# what tells the parts of a study apart: its mode, how the context is kept, and how a retrained model was trained
+# (fine-tuned from the run's model, or from scratch; re-encoded at the full model's action targets per step or not)
+PART = ["mode", "kv", "fine_tuned", "equal_targets"]
+OVER_SEEDS = [*PART, "compressor", "budget", "seeds", "mean", "std", "low", "high"]
 
 
 def over_seeds(df: pd.DataFrame) -> pd.DataFrame:
@@ -84,31 +87,43 @@ def over_seeds(df: pd.DataFrame) -> pd.DataFrame:
 
     ``df``: a row per cell and training seed with ``compressor``, ``budget``, ``mode``, ``kv`` and
     ``share`` (a fraction of that seed's full-context return); retrained rows whose ``init`` is ``run``
-    were fine-tuned from the run's model. The result is small and self-contained: keep it next to the
-    figure (:func:`adkit.study.figures.plot_shares_over_seeds`) to redraw it without the runs.
+    were fine-tuned from the run's model, those with a true ``equal_targets`` (where the column exists)
+    trained on as many action targets per step as the full-context model. The result is small and
+    self-contained: keep it next to the figure (:func:`adkit.study.figures.plot_shares_over_seeds`) to
+    redraw it without the runs.
     """
     init = df["init"] if "init" in df.columns else pd.Series("", index=df.index)
-    df = df.assign(fine_tuned=(df["mode"] == RETRAINED) & (init == "run"))
-    g = df.groupby(["mode", "kv", "fine_tuned", "compressor", "budget"])["share"]
+    equal = df["equal_targets"].fillna(False).astype(bool) if "equal_targets" in df.columns else False
+    df = df.assign(fine_tuned=(df["mode"] == RETRAINED) & (init == "run"), equal_targets=equal)
+    g = df.groupby([*PART, "compressor", "budget"])["share"]
     out = g.agg(seeds="count", mean="mean", std="std", low="min", high="max").reset_index()
-    out = out.sort_values(["mode", "kv", "fine_tuned", "budget", "mean"], ascending=[False, True, False, False, False])
+    out = out.sort_values([*PART, "budget", "mean"], ascending=[False, True, False, True, False, False])
     return out[OVER_SEEDS].reset_index(drop=True)
 
 
-def part_label(mode: str, kv: str, fine_tuned: bool) -> str:
-    """A part of the study as tables, verdicts and figure panels name it, e.g. ``training-free, kv: evict``,
-    ``retrained (fine-tuned), kv: evict``, ``retrained (from scratch), kv: reencode``."""
-    how = " (fine-tuned)" if fine_tuned else " (from scratch)" if mode == RETRAINED else ""
-    return f"{mode}{how}, kv: {kv}"
+def with_parts(table: pd.DataFrame) -> pd.DataFrame:
+    """``table`` (:func:`over_seeds`) with every :data:`PART` column: one saved before ``equal_targets``
+    existed had no such cells."""
+    return table if "equal_targets" in table.columns else table.assign(equal_targets=False)
+
+
+def part_label(mode: str, kv: str, fine_tuned: bool, equal_targets: bool = False) -> str:
+    """A part of the study (:data:`PART`) as tables, verdicts and figure panels name it, e.g.
+    ``training-free, kv: evict``, ``retrained (fine-tuned), kv: evict``, ``retrained (from scratch,
+    equal targets), kv: reencode``."""
+    how = "fine-tuned" if fine_tuned else "from scratch" if mode == RETRAINED else ""
+    how += ", equal targets" if equal_targets else ""
+    return f"{mode}{f' ({how})' if how else ''}, kv: {kv}"
 
 
 def by_budget(table: pd.DataFrame) -> dict[str, pd.DataFrame]:
     """Per part of the study in ``table`` (:func:`over_seeds`, named by :func:`part_label`): a strategy x
     budget table of ``"mean ± std% (low-high)"`` shares, a column ``strategy`` and one per budget, largest
     first; strategies in the table's order (best first at the largest budget); the baselines left out."""
+    table = with_parts(table)
     cells = table[~table["compressor"].isin(BASELINES)]
     out = {}
-    for key, g in cells.groupby(["mode", "kv", "fine_tuned"], sort=False):
+    for key, g in cells.groupby(PART, sort=False):
         text = [f"{pm} ({100 * lo:.1f}-{100 * hi:.1f})"
                 for pm, lo, hi in zip(plus_minus(100 * g["mean"], 100 * g["std"], ".1f", "%"), g["low"], g["high"])]
         grid = g.assign(text=text).pivot(index="compressor", columns="budget", values="text")
@@ -122,10 +137,11 @@ def verdicts(table: pd.DataFrame, recommended: str) -> list[str]:
     """A line per part of the study and budget in ``table`` (:func:`over_seeds`): the best strategy, and
     whether ``recommended`` beats ``random`` by more than the spread (the larger of their sample stds)."""
     lines = []
+    table = with_parts(table)
     strategies = table[~table["compressor"].isin(BASELINES)]
-    for (mode, kv, fine_tuned, budget), g in strategies.groupby(["mode", "kv", "fine_tuned", "budget"], sort=False):
+    for (*part, budget), g in strategies.groupby([*PART, "budget"], sort=False):
         best = g.loc[g["mean"].idxmax()]
-        line = (f"K={budget} ({part_label(mode, kv, fine_tuned)}): best `{best['compressor']}` "
+        line = (f"K={budget} ({part_label(*part)}): best `{best['compressor']}` "
                 f"{100 * best['mean']:.1f} ± {100 * best['std']:.1f}% "
                 f"({100 * best['low']:.0f}-{100 * best['high']:.0f}%)")
         mine, rand = g[g["compressor"] == recommended], g[g["compressor"] == "random"]
