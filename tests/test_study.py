@@ -301,6 +301,13 @@ def test_shares_over_seeds_draw_mean_and_sample_std_per_part(tmp_path):
     assert [seg[1, 1] - seg[0, 1] for seg in err.get_segments()] == pytest.approx([20.0, 20.0])  # 2 x std (ddof=1)
     assert bars["recency"][0].get_linewidth() > line.get_linewidth()  # the recommended one stands out
     assert "(recommended)" in " ".join(t.get_text() for t in scratch.get_legend().get_texts())
+    older = pd.read_csv(tmp_path / "shares.csv").drop(columns="equal_targets")  # saved before that column
+    table = pd.concat([older[older["mode"] == "training-free"], table[table["mode"] == "retrained"]])
+    wrapped = plot_shares_over_seeds(table, recommended="recency", columns=2)  # 3 panels: 2 + 1 in 2 rows
+    assert [ax.get_visible() for ax in wrapped.axes] == [True, True, True, False]
+    assert [wrapped.axes[i].get_title() for i in (0, 2)] == ["training-free, kv: evict",
+                                                            "retrained (from scratch), kv: evict"]
+    assert len(wrapped.axes[0].containers) == 2  # the older table's cells are drawn
 
 
 def test_shares_by_budget_are_a_strategy_by_budget_table_per_part():

@@ -209,11 +209,11 @@ def plot_modes(df: pd.DataFrame) -> Figure:
     return fig
 
 
-def plot_shares_over_seeds(table: pd.DataFrame, recommended: str | None = None) -> Figure:
+def plot_shares_over_seeds(table: pd.DataFrame, recommended: str | None = None, columns: int = 3) -> Figure:
     """Share of the full-context return (mean ± sample std over training seeds) against transitions kept:
     one panel per part of the study in ``table`` (training-free or retrained, fine-tuned or not, and
-    the cache it decided with), one colour per strategy in every panel, ``random`` grey,
-    ``recommended`` drawn thick, the full context at 100%.
+    the cache it decided with), ``columns`` panels a row, one colour per strategy in every panel,
+    ``random`` grey, ``recommended`` drawn thick, the full context at 100%.
 
     ``table``: shares over training seeds, as :func:`adkit.study.summaries.over_seeds` gives them (or
     as saved to CSV).
@@ -227,8 +227,12 @@ def plot_shares_over_seeds(table: pd.DataFrame, recommended: str | None = None) 
         return dict(color=colors[name], marker=STYLE.get(name, {}).get("marker", "o"),
                     lw=3 if name == recommended else 1.2)
 
-    fig, axes = plt.subplots(1, len(parts), figsize=(4.5 * len(parts) + 2.5, 4.5), sharey=True, squeeze=False)
-    for ax, key in zip(axes[0], parts):
+    cols = min(columns, len(parts))
+    rows = math.ceil(len(parts) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.5 * cols + 2.5, 4.5 * rows), sharey=True, squeeze=False)
+    for ax in axes.flat[len(parts):]:
+        ax.set_visible(False)
+    for ax, key in zip(axes.flat, parts):
         part = cells[(cells[PART] == pd.Series(key, index=PART)).all(axis=1)]
         for name, g in part.groupby("compressor", sort=False):
             g = g.sort_values("budget")
@@ -242,7 +246,8 @@ def plot_shares_over_seeds(table: pd.DataFrame, recommended: str | None = None) 
         ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set(xlabel="transitions kept per decision")
         ax.grid(alpha=0.3)
-    axes[0, 0].set_ylabel(f"% of the full-context return\n(mean ± std over {cells['seeds'].max()} training seeds)")
+    for ax in axes[:, 0]:
+        ax.set_ylabel(f"% of the full-context return\n(mean ± std over {cells['seeds'].max()} training seeds)")
     handles = [plt.Line2D([], [], label=n + (" (recommended)" if n == recommended else ""), **style(n)) for n in colors]
     handles.append(plt.Line2D([], [], color="tab:blue", lw=2, alpha=0.4, label="full context"))
     axes[0, -1].legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))

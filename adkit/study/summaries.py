@@ -93,8 +93,7 @@ def over_seeds(df: pd.DataFrame) -> pd.DataFrame:
     redraw it without the runs.
     """
     init = df["init"] if "init" in df.columns else pd.Series("", index=df.index)
-    equal = df["equal_targets"].fillna(False).astype(bool) if "equal_targets" in df.columns else False
-    df = df.assign(fine_tuned=(df["mode"] == RETRAINED) & (init == "run"), equal_targets=equal)
+    df = with_parts(df).assign(fine_tuned=(df["mode"] == RETRAINED) & (init == "run"))
     g = df.groupby([*PART, "compressor", "budget"])["share"]
     out = g.agg(seeds="count", mean="mean", std="std", low="min", high="max").reset_index()
     out = out.sort_values([*PART, "budget", "mean"], ascending=[False, True, False, True, False, False])
@@ -102,9 +101,10 @@ def over_seeds(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def with_parts(table: pd.DataFrame) -> pd.DataFrame:
-    """``table`` (:func:`over_seeds`) with every :data:`PART` column: one saved before ``equal_targets``
-    existed had no such cells."""
-    return table if "equal_targets" in table.columns else table.assign(equal_targets=False)
+    """``table`` (:func:`over_seeds`, or several concatenated) with every :data:`PART` column filled: a
+    table saved before ``equal_targets`` existed had no such cells."""
+    equal = table["equal_targets"] if "equal_targets" in table.columns else pd.Series(False, index=table.index)
+    return table.assign(equal_targets=equal.fillna(False).astype(bool))
 
 
 def part_label(mode: str, kv: str, fine_tuned: bool, equal_targets: bool = False) -> str:
