@@ -153,6 +153,8 @@ def main() -> None:
         report(table, args.recommended)
         write_outputs(df, args.out, args.summary, args.figure, args.recommended)
         return
+    if args.equal_targets and (args.fine_tune or "reencode" not in args.kv):
+        p.error("--equal-targets is for re-encoded cells trained from scratch: --kv reencode, no --fine-tune")
     if not (args.runs and args.budgets):
         p.error("--runs and --budgets are required (unless --cells or --redraw)")
     df = pd.DataFrame()
