@@ -27,7 +27,7 @@ import pandas as pd
 from adkit.paths import resolve
 from adkit.run import Run
 from adkit.study.cells import read_table, write_table
-from adkit.study.retrained import COLUMNS, EQUAL_TARGETS, TABLE, equal_targets_batch, run_cell
+from adkit.study.retrained import COLUMNS, TABLE, equal_targets_cell, run_cell
 
 
 def main() -> None:
@@ -39,7 +39,6 @@ def main() -> None:
     p.add_argument("--out", default=None, help="table of the finished cells (default RUN/study/equal_targets.csv)")
     args = p.parse_args()
     run = Run.open(args.run_dir)
-    cfg = run.cfg
     study = read_table(run.study / TABLE, COLUMNS)
     if study.empty:
         raise SystemExit(f"{run.study / TABLE} is empty: run `adkit study --run-dir {args.run_dir}` first")
@@ -52,10 +51,9 @@ def main() -> None:
             for budget in args.budgets:
                 if (name, budget, seed) in done:
                     continue
-                windows = equal_targets_batch(cfg, budget)
-                print(f"{name} @ {budget}, seed {seed}: {windows} windows per step", flush=True)
-                row = run_cell(run, name, budget, seed, "reencode", steps, episodes, {},
-                               compress_kw={"batch": windows}, root=run.study / EQUAL_TARGETS)
+                equal = equal_targets_cell(run, budget)
+                print(f"{name} @ {budget}, seed {seed}: {equal['compress_kw']['batch']} windows per step", flush=True)
+                row = run_cell(run, name, budget, seed, "reencode", steps, episodes, {}, **equal)
                 rows.append(row)
                 write_table(pd.DataFrame(rows, columns=COLUMNS), out, COLUMNS)
 

@@ -57,7 +57,7 @@ from adkit.plots import save_png
 from adkit.run import Run
 from adkit.study.cells import share
 from adkit.study.figures import plot_shares_over_seeds
-from adkit.study.retrained import EQUAL_TARGETS, equal_targets_batch, recommended, retrained_study, run_cell
+from adkit.study.retrained import equal_targets_cell, recommended, retrained_study, run_cell
 from adkit.study.summaries import by_budget, over_seeds, verdicts
 from adkit.study.training_free import study_compressors, training_free_study
 
@@ -77,7 +77,7 @@ def retrained(run_dirs: list[str], names: list[str], budgets, kvs, episodes: int
               equal_targets: bool = False) -> pd.DataFrame:
     """Each of ``names`` retrained from scratch for each of ``kvs``, per run and budget, against the run's
     own full-context model; with ``equal_targets`` re-encoded cells train on as many action targets per
-    step as that model (:func:`equal_targets_batch` windows, in ``RUN/study/equal-targets/``)."""
+    step as that model (:func:`equal_targets_cell`)."""
     rows = []
     for i, d in enumerate(run_dirs):
         run = Run.open(resolve(d))
@@ -89,8 +89,7 @@ def retrained(run_dirs: list[str], names: list[str], budgets, kvs, episodes: int
             for kv in kv_forms(name, kvs):
                 for budget in budgets:
                     equal = equal_targets and kv == "reencode"
-                    more = dict(compress_kw={"batch": equal_targets_batch(run.cfg, budget)},
-                                root=str(run.study / EQUAL_TARGETS)) if equal else {}
+                    more = equal_targets_cell(run, budget) if equal else {}
                     row = run_cell(run, name, budget, seed, kv, run.cfg.train.steps, episodes, {}, progress=True,
                                    **more)
                     rows.append({**row, "full_return": float(full), "run": str(d), "train_seed": i,

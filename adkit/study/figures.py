@@ -220,7 +220,7 @@ def plot_shares_over_seeds(table: pd.DataFrame, recommended: str | None = None, 
     """
     table = with_parts(table)
     cells = table[~table["compressor"].isin(BASELINES)]
-    parts = list(dict.fromkeys(cells[PART].itertuples(index=False, name=None)))
+    parts = list(cells.groupby(PART, sort=False))
     colors = _colors(list(dict.fromkeys(cells["compressor"])))
 
     def style(name: str) -> dict:
@@ -232,8 +232,7 @@ def plot_shares_over_seeds(table: pd.DataFrame, recommended: str | None = None, 
     fig, axes = plt.subplots(rows, cols, figsize=(4.5 * cols + 2.5, 4.5 * rows), sharey=True, squeeze=False)
     for ax in axes.flat[len(parts):]:
         ax.set_visible(False)
-    for ax, key in zip(axes.flat, parts):
-        part = cells[(cells[PART] == pd.Series(key, index=PART)).all(axis=1)]
+    for ax, (key, part) in zip(axes.flat, parts):
         for name, g in part.groupby("compressor", sort=False):
             g = g.sort_values("budget")
             ax.errorbar(g["budget"], 100 * g["mean"], yerr=100 * g["std"].fillna(0.0), capsize=2, ms=4, label=name,

@@ -129,6 +129,12 @@ def equal_targets_batch(cfg, budget: int) -> int:
     return cfg.train.batch_size * seq_len(cfg) // (budget + 1)
 
 
+def equal_targets_cell(run: Run, budget: int) -> dict:
+    """:func:`run_cell`'s keywords for a re-encoded cell of ``run`` at ``budget`` trained at equal targets
+    (:func:`equal_targets_batch` windows a step), kept in ``RUN/study/equal-targets/``."""
+    return dict(compress_kw={"batch": equal_targets_batch(run.cfg, budget)}, root=str(run.study / EQUAL_TARGETS))
+
+
 def cell_run(run: Run, name: str, budget: int, seed: int, steps: int, compress_kw: dict | None = None,
              root: Path | None = None, kv: str = "reencode") -> Run:
     """The run of one retrained cell: the parent's config with training seed ``seed``, ``steps``
