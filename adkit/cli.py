@@ -56,7 +56,7 @@ def cmd_collect(args) -> int:
 def cmd_train(args) -> int:
     from adkit.data.collect import load_for
     from adkit.model.checkpoint import load as load_model
-    from adkit.model.train import train
+    from adkit.model.train import distributed, train
     from adkit.run import require
 
     run = _profile_run(args)
@@ -67,7 +67,20 @@ def cmd_train(args) -> int:
         run = run.with_config(dataclasses.replace(run.cfg, train=dataclasses.replace(run.cfg.train, tensorboard=True)))
     train(run, h, time_budget_s=args.time_budget, scorer=scorer)
     print(f"trained {run.dir} (log: {run.train_log})")
+    if distributed():
+        _leave_rank()
     return 0
+
+
+def _leave_rank() -> None:
+    """End a finished torchrun rank without tearing the interpreter down. Gloo's worker threads free
+    the last collectives' tensors after those complete; one that does so while Python finalizes needs
+    the GIL, cannot have it, and aborts the process ("terminate called without an active exception",
+    SIGABRT), so torchrun fails a job whose files are all written. Everything is saved (atomically) and
+    closed by now; only stdout and stderr are left to flush."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def cmd_evaluate(args) -> int:

@@ -157,7 +157,7 @@ class Trainer:
         self.run, self.cfg, self.t, self.run_dir, self.progress = run, cfg, cfg.train, run.dir, progress
         self.compressor, self.scorer = window_compressor(cfg, scorer, **(compressor_kw or {})), scorer
         self.compress_rng = torch.Generator().manual_seed(cfg.train.seed)  # random / exponential strategies
-        self.ddp = int(os.environ.get("WORLD_SIZE", "1")) > 1
+        self.ddp = distributed()
         if self.ddp and not dist.is_initialized():
             dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
         self.rank = dist.get_rank() if self.ddp else 0
@@ -383,6 +383,11 @@ def tensorboard_writer(run: Run):
     return board.SummaryWriter(str(run.tensorboard))
 
 
+def distributed() -> bool:
+    """Whether this process is one rank of several (torchrun sets ``WORLD_SIZE``)."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
 def shared_clock(seconds: float, device=None) -> float:
     """The slowest rank's ``seconds``, on every rank of a DDP run: with a time budget each rank must
     stop at the same step with the same learning rate, which their own clocks would not agree on
@@ -408,6 +413,5 @@ def train(run: Run, h: Histories, progress: bool = True, time_budget_s: float = 
         dist.all_gather_object(sums, replica_checksum(trainer.model))
         if trainer.rank == 0:
             write_text(run.dir / "replicas.json", json.dumps({"checksums": sums}) + "\n")
-        dist.barrier()  # no rank closes its connections while another still reads from them (gloo aborts)
         dist.destroy_process_group()
     return run.dir
