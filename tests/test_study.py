@@ -82,6 +82,13 @@ def test_rollout_window_and_training_batch_select_the_same(model, history, name)
     assert out[0]["actions"].shape[1] <= 6 and torch.equal(out[0]["positions"][:, -1], window["positions"][:, -1])
 
 
+def test_query_attention_is_the_mean_of_every_layers_and_heads_pattern(model, history):
+    window = history.window(30, N_TRANSIT)
+    per_head = query_attention(model, window, per_head=True)  # (B, layer, H, L, L)
+    assert per_head.shape[1:3] == (model.cfg.tf_n_layer, model.cfg.tf_n_head)
+    torch.testing.assert_close(query_attention(model, window), per_head.mean((1, 2)))
+
+
 @pytest.mark.parametrize("name, kw", [(n, extra(n)) for n in compress.COMPRESSORS]
                          + [("profile", {"rule": r}) for r in compress.ProfileCompressor.RULES])
 def test_needs_attention_exactly_when_selection_without_attention_raises(model, history, name, kw):

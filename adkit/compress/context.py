@@ -30,10 +30,20 @@ POSITIONS = ("original", "renumber")
 def query_attention(model, tokens: Tokens, per_head: bool = False) -> torch.Tensor:
     """Head- and layer-averaged attention pattern ``(B, L, L)`` of ``model`` on ``tokens``; with
     ``per_head``, each layer's and head's ``(B, n_layer, n_head, L, L)``."""
-    with torch.no_grad():
-        _, cache = model.run_with_cache(**tokens, names="hook_pattern")
-    pattern = cache.stack("pattern")  # (layer, B, H, L, L)
-    return pattern.transpose(0, 1) if per_head else pattern.mean((0, 2))
+    if per_head:
+        with torch.no_grad():
+            _, cache = model.run_with_cache(**tokens, names="hook_pattern")
+        return cache.stack("pattern").transpose(0, 1)  # (layer, B, H, L, L) -> (B, layer, H, L, L)
+    total = None  # the heads' sums added layer by layer: stacking every layer's pattern costs about a forward pass
+
+    def add(pattern, hook):
+        nonlocal total
+        heads = pattern.sum(1)  # (B, H, L, L) -> (B, L, L)
+        total = heads if total is None else total.add_(heads)
+
+    with torch.no_grad(), model.hooks([(lambda name: name.endswith("hook_pattern"), add)]):
+        model(**tokens)
+    return total / (model.cfg.tf_n_layer * model.cfg.tf_n_head)  # (B, L, L)
 
 
 def compress_tokens(compressor: Compressor, tokens: Tokens, positions: str = "original",
