@@ -175,7 +175,8 @@ def cmd_attention(args) -> int:
     print(insights.report)
     print(insights.ablation.verdict)
     figs = resolve(args.figs) if args.figs else run.figs
-    paths = save_figures(insights.record, figs, insights.ablation, samples=run.cfg.attention.figure_samples)
+    paths = save_figures(insights.record, figs, insights.ablation, samples=run.cfg.attention.figure_samples,
+                         coverage=insights.coverage)
     print(f"wrote {run.attention}, {run.insights.with_suffix('.md')}, {run.insights} "
           f"and {len(paths)} figures under {figs / 'attention'}")
     return 0

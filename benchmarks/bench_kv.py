@@ -11,7 +11,9 @@ tasks x 3 seeds by default), from C random transitions per stream, in each mode:
 * ``full cache``: the rolling key/value cache of C entries: **the full context**, the reference;
 * ``recompute``: DICP's hard context, the last C transitions re-encoded at every decision;
 * ``reencode``: a strategy keeps K = fraction x C of the context, re-encoded at every decision
-  (attention-scored strategies first run the full window to score it);
+  (attention-scored strategies first run the full window to score it: strategies that score with the
+  deciding query's row alone read that row beside the fused attention; ``reencode, whole pattern``
+  scores the same strategies from every layer's whole pattern, the explicit path, for comparison);
 * ``evict``: an evicting cache of K entries per layer, same strategies; attention-scored ones keep
   their own sets (per layer and head for H2O, per layer for TOVA), and again one set per stream
   (``one set per stream``) for comparison.
@@ -32,7 +34,8 @@ from pathlib import Path
 import torch
 
 from adkit.compress import make
-from adkit.compress.cost import decision_cost, decision_flops, forward_flops
+from adkit.compress.context import compress_tokens, query_attention
+from adkit.compress.cost import decision_cost, decision_flops, forward_flops, peak_allocated_mb, time_ms
 from adkit.data.tokens import Tokens
 from adkit.model import ADTransformer, ModelConfig
 
@@ -49,6 +52,19 @@ def random_window(streams: int, length: int, seed: int = 1) -> Tokens:
                   episode_return=rewards.cumsum(1).clamp_max(2))
 
 
+def pattern_scored_cost(model, window: Tokens, compressor, timing: dict) -> tuple[float, float]:
+    """``(ms, peak MB)`` of a re-encoded decision scored from the layers' whole patterns (explicit attention)
+    instead of the query's row: the comparison for strategies that read only that row."""
+    resident = sum(t.numel() * t.element_size() for t in window.values()) / 2**20
+
+    @torch.no_grad()
+    def decide():
+        ctx = compress_tokens(compressor, window, model.positions, query_attention(model, window))
+        return model(**ctx)[:, -1]
+
+    return time_ms(decide, **timing), resident + peak_allocated_mb(decide)
+
+
 def measure(context: int, fraction: float, streams: int, strategies: list[str], calls: int) -> list[dict]:
     torch.manual_seed(0)
     cfg = ModelConfig(n_transit=context, tf_n_embd=64, tf_n_layer=4, tf_n_head=4, tf_n_inner=256,
@@ -60,10 +76,15 @@ def measure(context: int, fraction: float, streams: int, strategies: list[str], 
     modes += [(kv, name, make(name, budget), kv, None) for kv in ("reencode", "evict") for name in strategies]
     modes += [("evict, one set per stream", name, c, "evict", "stream") for _, name, c, kv, _ in modes[2:]
               if kv == "evict" and c.needs_attention]
+    modes += [("reencode, whole pattern", name, c, "reencode", None) for _, name, c, kv, _ in modes[2:]
+              if kv == "reencode" and c.needs_attention and c.evict_attention == "current"]
     rows = []
     for mode, name, compressor, kv, sets in modes:
-        ms, mb = decision_cost(model, window, name, compressor, torch.Generator().manual_seed(0), kv=kv,
-                               sets=sets, **timing)
+        if mode == "reencode, whole pattern":
+            ms, mb = pattern_scored_cost(model, window, compressor, timing)
+        else:
+            ms, mb = decision_cost(model, window, name, compressor, torch.Generator().manual_seed(0), kv=kv,
+                                   sets=sets, **timing)
         kept = None if compressor is None else budget
         if name == "none":
             flops = decision_flops(cfg, model.n_actions)

@@ -40,13 +40,14 @@ from IPython.display import display
 from adkit.analysis.figures import (
     explorer,
     plot_ablation,
+    plot_budget_coverage,
     plot_episode_mass,
     plot_rollout,
     plot_stat_grid,
     plot_summary,
     save_figures,
 )
-from adkit.analysis.insights import analyze_run
+from adkit.analysis.insights import analyze_run, coverage_table
 from adkit.analysis.metrics import stats_table
 from adkit.notebook import setup
 
@@ -98,7 +99,8 @@ display(insights.ablation.table())
 print(insights.ablation.verdict)
 
 # %%
-paths = save_figures(record, run.figs, insights.ablation, samples=run.cfg.attention.figure_samples)
+paths = save_figures(record, run.figs, insights.ablation, samples=run.cfg.attention.figure_samples,
+                     coverage=insights.coverage)
 print(f"{len(paths)} figures under {run.figs / 'attention'}")
 
 # %% [markdown]
@@ -110,3 +112,12 @@ print(insights.report)
 
 # %%
 display(insights.table())
+
+# %% [markdown]
+# ## What a budget keeps of the attention
+# At each of the study's budgets K: the share of the query's attention, and of its mass on the task's information (rewards; on Key-to-Door the key and the door), that K kept transitions hold, kept as the last K (recency), as each query's K most attended (what re-encoding by attention keeps) or at random. A recommended budget holds its mass target; below it, this shows what each rule loses.
+
+# %%
+plot_budget_coverage(insights.coverage)
+plt.show()
+display(coverage_table(insights.coverage))

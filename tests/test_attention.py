@@ -20,7 +20,8 @@ from adkit.analysis.attention import (
     token_metadata,
     window_contexts,
 )
-from adkit.analysis.figures import explorer, save_figures, save_original_set
+from adkit.analysis.figures import explorer, plot_budget_coverage, save_figures, save_original_set
+from adkit.analysis.insights import budget_coverage
 from adkit.data.tokens import Tokens, returns_so_far
 from adkit.model import ADTransformer, ModelConfig
 from adkit.run import MissingStage
@@ -243,10 +244,25 @@ def test_original_figure_set_and_additions(record, tmp_path):
                      "attention/layer_1/attention_lines_sample0_layer1.png",
                      "attention/layer_1/attention_lines_sample1_layer1.png",
                      "attention/layer_1/attention_summary_layer1.png"]
-    extra = save_figures(record, tmp_path / "figs", samples=1)
-    assert {p.name for p in extra} >= {"stats_grid.png", "episode_mass.png", "rollout_sample0.png"}
+    coverage = budget_coverage(record, [8, 4, 2])
+    extra = save_figures(record, tmp_path / "figs", samples=1, coverage=coverage)
+    assert {p.name for p in extra} >= {"stats_grid.png", "episode_mass.png", "rollout_sample0.png",
+                                       "budget_coverage.png"}
     assert all(p.stat().st_size > 10_000 for p in paths + extra)
     assert plt.get_fignums() == []  # every figure closed after saving
+
+
+def test_budget_coverage_figure_has_a_panel_per_kind_and_a_line_per_rule_and_layer(record):
+    coverage = budget_coverage(record, [8, 4, 2])
+    fig = plot_budget_coverage(coverage)
+    kinds = list(dict.fromkeys(coverage["kind"]))
+    assert [ax.get_title() for ax in fig.axes] == ["all of it"] + [f"on {k} transitions" for k in kinds[1:]]
+    layers = coverage["layer"].nunique()
+    assert len(fig.axes[0].lines) == 2 * (layers + 1) + 1  # per rule: each layer and their mean; random
+    mean = fig.axes[0].lines[layers]  # recency's layer mean
+    part = coverage[(coverage["kind"] == "all") & (coverage["keep"] == "recency")].groupby("budget")["share"].mean()
+    np.testing.assert_allclose(mean.get_ydata(), part.values)
+    plt.close(fig)
 
 
 def test_explorer_sliders_redraw_from_the_record(model):

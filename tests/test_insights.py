@@ -10,6 +10,8 @@ from adkit.analysis.attention import Contexts, build_record
 from adkit.analysis.insights import (
     ablation_check,
     analyze,
+    budget_coverage,
+    coverage_table,
     drop_tokens,
     episode_profile,
     recommend,
@@ -111,6 +113,24 @@ def test_entropy_rule_is_length_aware():
     assert r.compressor == "UniformCompressor" and "uniform" in r.insights
 
 
+def test_budget_coverage_against_hand_counts():
+    row = spread_row(20, {16: 0.25, 17: 0.25, 18: 0.3, 2: 0.1})  # the rest 0.00625 each, the query key included
+    rewards = np.zeros((2, 20))
+    rewards[:, 2] = 1.0  # the one rewarded context transition, far back
+    cov = budget_coverage(hand_record([row] * 2, rewards), [3, 4, 50]).set_index(["budget", "keep", "kind"])["share"]
+    context = 0.9 + 15 * 0.00625  # the 19 context keys' mass
+    assert cov[3, "recency", "all"] == pytest.approx(0.8 / context)
+    assert cov[3, "top-k", "all"] == pytest.approx(0.8 / context)
+    assert cov[4, "recency", "all"] == pytest.approx(0.80625 / context)
+    assert cov[4, "top-k", "all"] == pytest.approx(0.9 / context)
+    assert (cov[3, "recency", "reward"], cov[4, "recency", "reward"], cov[4, "top-k", "reward"]) == (0.0, 0.0, 1.0)
+    assert cov[4, "random", "reward"] == pytest.approx(4 / 19)
+    assert cov[19, "recency", "all"] == pytest.approx(1.0)  # a budget beyond the context keeps all of it
+    wide = coverage_table(budget_coverage(hand_record([row] * 2, rewards), [3, 4]))
+    assert list(wide["budget"]) == [4, 3] and list(wide.columns[:3]) == ["layer", "budget", "random"]
+    assert wide.loc[wide["budget"] == 4, "top-k: reward"].item() == 1.0
+
+
 def test_episode_profile_by_episodes_back():
     T = 20
     row = np.zeros(T)
@@ -190,12 +210,15 @@ def test_spearman_with_ties():
 
 
 def test_insights_written_as_markdown_and_json(tmp_path):
-    ins = analyze(marker_record(True), MarkerModel(), drop_counts=[1, 2], n_random=2, loo_samples=4)
+    ins = analyze(marker_record(True), MarkerModel(), drop_counts=[1, 2], n_random=2, loo_samples=4, budgets=[4, 2])
     md, js = write_insights(ins, tmp_path)
     data = json.loads(js.read_text())
+    assert {(r["budget"], r["keep"]) for r in data["budget_coverage"]} == {
+        (k, keep) for k in (4, 2) for keep in ("recency", "top-k", "random")}
     assert data["layers"][0]["compressor"] in ("RecencyCompressor", "UniformCompressor", "AttentionBasedCompressor",
                                                "AdaptiveCompressor")
     assert data["ablation"]["drop_counts"] == [1, 2] and data["thresholds"]["uniform_normalized_entropy"] == 0.85
     text = md.read_text()
     assert "| layer | compressor | name | budget |" in text and "Attention predicts importance" in text
     assert "ANALYZING LAYER 0" in text
+    assert "## What a budget keeps of the attention" in text and "| recency: all | top-k: all |" in text

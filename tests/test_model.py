@@ -73,6 +73,41 @@ def test_fused_and_explicit_paths_agree_and_patterns_are_causal(model):
     assert (pat[..., 20, :13] == 0).all()  # outside the 8-token window
 
 
+def test_query_pattern_hook_gives_the_patterns_last_row_beside_the_fused_path(model):
+    b = batch()
+    rows = []
+    with model.hooks([(lambda n: n.endswith("hook_query_pattern"), lambda row, hook: rows.append(row))]):
+        fused = model(**b)
+    assert torch.equal(fused, model(**b))  # the fused path ran: the same logits to the bit
+    _, cache = model.run_with_cache(**b, names="hook_pattern")
+    assert len(rows) == 3 and rows[0].shape == (3, 2, 1, 30)
+    for layer, row in enumerate(rows):
+        torch.testing.assert_close(row, cache["pattern", layer][:, :, -1:], atol=1e-6, rtol=1e-5)
+    keep = torch.rand(3, 30, 30, generator=torch.Generator().manual_seed(1)) < 0.5
+    keep |= torch.eye(30, dtype=torch.bool)  # every query keeps itself
+    rows.clear()
+    with model.hooks([(lambda n: n.endswith("hook_query_pattern"), lambda row, hook: rows.append(row))]):
+        model(**b, keep=keep)
+    _, cache = model.run_with_cache(**b, keep=keep, names="hook_pattern")
+    torch.testing.assert_close(rows[-1], cache["pattern", 2][:, :, -1:], atol=1e-6, rtol=1e-5)
+    assert (rows[-1][:, :, 0] * ~keep[:, None, -1]).eq(0).all()  # a key the query may not see gets none
+
+
+def test_query_pattern_hook_in_a_cached_step_is_that_decisions_attention(model):
+    b = batch(L=12)
+    cache = model.new_cache(3)
+    fields = ("states", "actions", "rewards", "next_states", "queries")
+    for t in range(11):
+        model.step(cache, *(b[k][:, t] for k in fields))
+    rows = []
+    with model.hooks([("blocks.1.attn.hook_query_pattern", lambda row, hook: rows.append(row))]):
+        model.step(cache, *(b[k][:, 11] for k in fields))
+    _, full = model.run_with_cache(**b, names="hook_pattern")
+    (row,) = rows  # (B, H, 1, window): the cache's slots, a ring
+    torch.testing.assert_close(row.sort(-1).values, full["pattern", 1][:, :, -1:, 4:].sort(-1).values,
+                               atol=1e-6, rtol=1e-5)
+
+
 @pytest.mark.parametrize("episode_step", [False, True])
 def test_kv_cache_rollout_equals_full_recompute(episode_step):
     torch.manual_seed(0)

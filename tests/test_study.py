@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from adkit import compress, envs
-from adkit.compress.context import build, compress_tokens, query_attention
+from adkit.compress.context import attention_for, build, compress_tokens, query_attention
 from adkit.compress.cost import decision_cost
 from adkit.config import dump_config, load_config
 from adkit.data.tokens import Tokens
@@ -87,6 +87,23 @@ def test_query_attention_is_the_mean_of_every_layers_and_heads_pattern(model, hi
     per_head = query_attention(model, window, per_head=True)  # (B, layer, H, L, L)
     assert per_head.shape[1:3] == (model.cfg.tf_n_layer, model.cfg.tf_n_head)
     torch.testing.assert_close(query_attention(model, window), per_head.mean((1, 2)))
+
+
+@pytest.mark.parametrize("name", [n for n in study.study_compressors() if build(n, 5, None, "darkroom",
+                                                                                  **extra(n)).needs_attention])
+def test_scoring_with_the_query_row_alone_keeps_what_the_whole_pattern_keeps(model, history, name):
+    window = history.window(30, N_TRANSIT)
+    c = build(name, 5, model, "darkroom", **extra(name))
+    scores = attention_for(c, model, window)
+    row_only = c.evict_attention == "current"  # TOVA, threshold, adaptive: the deciding query's row
+    B, L = window.batch, window.length
+    assert scores.shape == ((B, L - 1) if row_only else (B, L, L))
+    pattern = query_attention(model, window)  # (B, L, L) through the explicit path
+    if row_only:
+        torch.testing.assert_close(scores, pattern[:, -1, :-1], atol=1e-6, rtol=1e-5)
+    kept = [compress_tokens(c, window, model.positions, a, generator=torch.Generator().manual_seed(7))
+            for a in (scores, pattern)]
+    assert torch.equal(kept[0]["positions"], kept[1]["positions"])
 
 
 @pytest.mark.parametrize("name, kw", [(n, extra(n)) for n in compress.COMPRESSORS]

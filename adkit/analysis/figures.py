@@ -12,7 +12,7 @@ The original set, same names, under ``FIGS/attention/layer_{l}/`` (:func:`save_o
 
 and beside them in ``FIGS/attention/`` (:func:`save_figures`): ``stats_grid.png``,
 ``episode_mass.png``, ``rollout_sample{i}.png``, ``trajectory{i}_layer{l}.png``
-(rollout records) and ``ablation.png``.
+(rollout records), ``ablation.png`` and ``budget_coverage.png``.
 """
 
 from __future__ import annotations
@@ -241,6 +241,37 @@ def plot_episode_mass(record: AttentionRecord, profile: np.ndarray | None = None
     return fig
 
 
+KEEP_COLORS = {"recency": "tab:blue", "top-k": "tab:red"}  # budget coverage: the keep rules' colours
+
+
+def plot_budget_coverage(coverage: pd.DataFrame):
+    """Share of the query's attention that K kept transitions hold against K, a panel per kind (``all``, then
+    each kind of task information): the last K and each query's top K per layer (thin; their layer mean
+    thick), K at random (dotted). ``coverage``: :func:`adkit.analysis.insights.budget_coverage`."""
+    kinds = list(dict.fromkeys(coverage["kind"]))
+    fig, axes = plt.subplots(1, len(kinds), figsize=(3.6 * len(kinds), 3.4), sharey=True, squeeze=False)
+    for ax, kind in zip(axes[0], kinds):
+        part = coverage[coverage["kind"] == kind]
+        for keep, color in KEEP_COLORS.items():
+            mine = part[part["keep"] == keep]
+            for _, layer in mine.groupby("layer"):
+                ax.plot(layer["budget"], layer["share"], color=color, lw=0.8, alpha=0.5)
+            mean = mine.groupby("budget")["share"].mean()
+            ax.plot(mean.index, mean.values, color=color, lw=2.5, marker="o", label=f"{keep} (layer mean)")
+        rand = part[part["keep"] == "random"].groupby("budget")["share"].mean()
+        ax.plot(rand.index, rand.values, color="0.4", ls=":", label="random (K / n)")
+        ax.set(xscale="log", xlabel="transitions kept (K)", ylim=(-0.02, 1.02),
+               title="all of it" if kind == "all" else f"on {kind} transitions")
+        ax.minorticks_off()
+        ax.set_xticks(rand.index, [str(k) for k in rand.index])
+        ax.grid(alpha=0.3)
+    axes[0, 0].set_ylabel("share of the query's attention held")
+    axes[0, 0].legend(fontsize=8)
+    fig.suptitle("What a budget keeps of the attention (thin: one layer)", fontsize=11)
+    fig.tight_layout()
+    return fig
+
+
 def plot_rollout(record: AttentionRecord, sample: int):
     """Attention rollout across all layers for one sample, and its query row against the last layer's."""
     rollout = attention_rollout(record.patterns[:, sample])  # (T, T)
@@ -350,8 +381,9 @@ def save_original_set(record: AttentionRecord, figs_root: str | Path, samples: i
 
 
 def save_figures(record: AttentionRecord, figs_root: str | Path, ablation: AblationResult | None = None,
-                 samples: int = 5, dpi: int = DPI) -> list[Path]:
-    """The original set plus the statistics grid, episode mass, rollout map(s), trajectories and ablation."""
+                 samples: int = 5, dpi: int = DPI, coverage: pd.DataFrame | None = None) -> list[Path]:
+    """The original set plus the statistics grid, episode mass, rollout map(s), trajectories, ablation
+    and budget coverage (``coverage``, :func:`adkit.analysis.insights.budget_coverage`)."""
     root = Path(figs_root) / "attention"
     paths = save_original_set(record, figs_root, samples, dpi=dpi)
     paths.append(_save(plot_stat_grid(record), root / "stats_grid.png", dpi))
@@ -364,6 +396,8 @@ def save_figures(record: AttentionRecord, figs_root: str | Path, ablation: Ablat
             paths.append(_save(plot_trajectory(record, 0, layer), root / f"trajectory0_layer{layer}.png", dpi))
     if ablation is not None:
         paths.append(_save(plot_ablation(ablation), root / "ablation.png", dpi))
+    if coverage is not None:
+        paths.append(_save(plot_budget_coverage(coverage), root / "budget_coverage.png", dpi))
     return paths
 
 

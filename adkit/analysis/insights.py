@@ -8,6 +8,9 @@
   ``ln n_context``, :func:`adkit.analysis.metrics.normalized_entropy`) instead of the original
   fixed 1.5 / 2.0 nats, which mean different things at different context lengths
   (uniform attention over 19 keys has 2.94 nats, over 79 keys 4.37).
+* :func:`budget_coverage`: per layer and budget K, how much of the query's attention (and of its
+  mass on the task's information) K transitions hold when kept by recency, by each query's own
+  top K, or at random: what the recommended budget means at the budgets a study compresses to.
 * :func:`report`: the original console report (``ANALYZING LAYER 0`` ...).
 * :func:`ablation_check`: what the original never checks: does dropping the
   most-attended transitions move the model's action more than dropping random ones,
@@ -131,6 +134,47 @@ def episode_profile(record: AttentionRecord) -> np.ndarray:
         mass = episode_mass(rows[b], back[b])  # (layers, E_b), oldest (most episodes back) first
         profile[:, : mass.shape[1]] += mass[:, ::-1]
     return profile / record.n_samples
+
+
+def budget_coverage(record: AttentionRecord, budgets: Sequence[int]) -> pd.DataFrame:
+    """Per layer and budget K (of the ``n`` context transitions), the share of the query rows' context
+    mass that K transitions hold, over all of it (``kind`` ``all``) and over its mass on each kind of
+    task information (:func:`adkit.analysis.metrics.information_events`), kept as: ``recency``, the
+    last K; ``top-k``, each query's K most attended (what re-encoding by attention keeps); ``random``,
+    the expectation K / n. Sums over samples before the ratio. Columns: layer, budget, keep, kind, share."""
+    n = record.seq_len - 1
+    kinds = {"all": np.ones((record.n_samples, n), bool),
+             **information_events(record.meta["env"], record.tokens["rewards"][:, :-1], record.tokens["step"][:, :-1])}
+    rows = []
+    for layer in record.layers:
+        context = record.head_mean(layer)[:, -1, :-1]  # (B, n) query rows over the context
+        order = np.argsort(-context, axis=1, kind="stable")  # (B, n) most attended first
+        for k in sorted({min(int(b), n) for b in budgets}, reverse=True):
+            top = np.zeros_like(context, dtype=bool)
+            np.put_along_axis(top, order[:, :k], True, axis=1)  # (B, n) each query's top k
+            recent = np.zeros_like(top)
+            recent[:, n - k:] = True
+            for kind, mask in kinds.items():
+                on = context * mask  # (B, n) mass on this kind
+                total = on.sum()
+                for keep, kept in (("recency", recent), ("top-k", top)):
+                    share = float((on * kept).sum() / total) if total > 0 else float("nan")
+                    rows.append({"layer": layer, "budget": k, "keep": keep, "kind": kind, "share": share})
+                rows.append({"layer": layer, "budget": k, "keep": "random", "kind": kind,
+                             "share": k / n if total > 0 else float("nan")})
+    return pd.DataFrame(rows)
+
+
+def coverage_table(coverage: pd.DataFrame) -> pd.DataFrame:
+    """:func:`budget_coverage` as one row per layer and budget: ``random`` (K / n), then a column per
+    keep rule and kind."""
+    index = ["layer", "budget"]
+    rand = coverage[(coverage["keep"] == "random") & (coverage["kind"] == "all")].set_index(index)["share"]
+    wide = coverage[coverage["keep"] != "random"].pivot_table(index=index, columns=["keep", "kind"], values="share",
+                                                               sort=False)
+    wide.columns = [f"{keep}: {kind}" for keep, kind in wide.columns]
+    wide.insert(0, "random", rand)
+    return wide.reset_index().sort_values(index, ascending=[True, False]).round(3)
 
 
 def _keep_for_mass(row: np.ndarray, target: float) -> tuple[int, int]:
@@ -454,6 +498,7 @@ class Insights:
     recommendations: list[Recommendation]
     ablation: AblationResult | None
     report: str
+    coverage: pd.DataFrame | None = None  # :func:`budget_coverage` at the study's budgets, if asked
 
     def table(self) -> pd.DataFrame:
         return recommendation_table(self.recommendations)
@@ -473,7 +518,9 @@ class Insights:
         ablation = None
         if self.ablation is not None:
             ablation = {k: v for k, v in asdict(self.ablation).items() if k not in ("importance", "scores")}
+        coverage = None if self.coverage is None else self.coverage.to_dict("records")
         return {"meta": meta, "samples": self.record.n_samples, "thresholds": thresholds, "layers": layers,
+                "budget_coverage": coverage,
                 "ablation": ablation}
 
     def markdown(self) -> str:
@@ -488,6 +535,13 @@ class Insights:
                   "The query's attention mass on the transitions that carry the task's information, against their "
                   "share of the context (lift 1: no more than a uniform row).", "",
                   markdown_table(information_table(self.stats)), ""]
+        if self.coverage is not None:
+            lines += ["## What a budget keeps of the attention", "",
+                      "Per layer and budget K, the share of the query's attention (`all`) and of its mass on each "
+                      "kind of task information that K kept transitions hold: the last K (`recency`), each query's "
+                      "K most attended (`top-k`, what re-encoding by attention keeps), or K at random (K / n). A "
+                      "rule's recommended budget (above) holds its mass target; below it, this table says what "
+                      "is lost.", "", markdown_table(coverage_table(self.coverage)), ""]
         if self.ablation is not None:
             a = self.ablation
             lines += ["## Does attention predict importance?", "", a.verdict, "",
@@ -501,12 +555,15 @@ class Insights:
         return "\n".join(lines)
 
 
-def analyze(record: AttentionRecord, model=None, ablation: bool = True, show: int = 5, **ablation_kw) -> Insights:
-    """Statistics, recommendations, the report and (with a model) the ablation check of one record."""
+def analyze(record: AttentionRecord, model=None, ablation: bool = True, show: int = 5,
+            budgets: Sequence[int] = (), **ablation_kw) -> Insights:
+    """Statistics, recommendations, the report, (with a model) the ablation check and (with ``budgets``,
+    transitions kept) the :func:`budget_coverage` of one record."""
     stats = layer_stats(record)
     recs = recommend(record, stats)
     result = ablation_check(model, record, **ablation_kw) if ablation and model is not None else None
-    return Insights(record, stats, recs, result, report(record, stats, recs, show))
+    coverage = budget_coverage(record, budgets) if budgets else None
+    return Insights(record, stats, recs, result, report(record, stats, recs, show), coverage)
 
 
 def _json_safe(x):
@@ -529,11 +586,12 @@ def write_insights(insights: Insights, out_dir: str | Path) -> tuple[Path, Path]
 
 def analyze_run(run: Run, source: str = "windows", ablation: bool = True) -> Insights:
     """The insights stage: read the run's attention file and checkpoint, write ``insights.md`` / ``.json``;
-    the ablation check is sized by ``attention.drop_counts``, ``loo_samples`` and ``seed``."""
-    a = run.cfg.attention
+    the ablation check is sized by ``attention.drop_counts``, ``loo_samples`` and ``seed``; the budget
+    coverage is at the study's budgets (``study.budgets``)."""
+    a, cfg = run.cfg.attention, run.cfg
     record = load_record(run.require(run.attention, "attention"), source)
     model = load_model(run.require(run.weights, "train")) if ablation else None
-    insights = analyze(record, model, ablation, drop_counts=a.drop_counts or None, loo_samples=a.loo_samples,
-                       seed=a.seed)
+    insights = analyze(record, model, ablation, budgets=cfg.study.transitions(cfg.study.budgets, cfg.model.n_transit),
+                       drop_counts=a.drop_counts or None, loo_samples=a.loo_samples, seed=a.seed)
     write_insights(insights, run.insights.parent)
     return insights

@@ -29,21 +29,53 @@ POSITIONS = ("original", "renumber")
 
 def query_attention(model, tokens: Tokens, per_head: bool = False) -> torch.Tensor:
     """Head- and layer-averaged attention pattern ``(B, L, L)`` of ``model`` on ``tokens``; with
-    ``per_head``, each layer's and head's ``(B, n_layer, n_head, L, L)``."""
-    if per_head:
-        with torch.no_grad():
-            _, cache = model.run_with_cache(**tokens, names="hook_pattern")
-        return cache.stack("pattern").transpose(0, 1)  # (layer, B, H, L, L) -> (B, layer, H, L, L)
-    total = None  # the heads' sums added layer by layer: stacking every layer's pattern costs about a forward pass
+    ``per_head``, each layer's and head's ``(B, n_layer, n_head, L, L)``.
 
-    def add(pattern, hook):
+    Each layer's pattern is added (or, per head, written) in place as the layer computes it: stacking
+    every layer's pattern afterwards would cost a copy of them all, about a forward pass."""
+    n_layer, n_head = model.cfg.tf_n_layer, model.cfg.tf_n_head
+    out = None
+
+    def take(pattern, hook):  # pattern (B, H, L, L)
+        nonlocal out
+        if per_head:
+            if out is None:
+                out = pattern.new_empty(pattern.shape[0], n_layer, *pattern.shape[1:])  # (B, n_layer, H, L, L)
+            out[:, int(hook.name.split(".")[1])] = pattern
+        else:
+            heads = pattern.sum(1)  # (B, L, L)
+            out = heads if out is None else out.add_(heads)
+
+    with torch.no_grad(), model.hooks([(lambda name: name.endswith("hook_pattern"), take)]):
+        model(**tokens)
+    return out if per_head else out / (n_layer * n_head)
+
+
+def query_row(model, tokens: Tokens) -> torch.Tensor:
+    """The last query's attention ``(B, L)``, heads and layers averaged: the last row of
+    :func:`query_attention`'s pattern, computed beside the fused attention (one row, not the pattern)."""
+    total = None
+
+    def add(row, hook):  # row (B, H, 1, L)
         nonlocal total
-        heads = pattern.sum(1)  # (B, H, L, L) -> (B, L, L)
+        heads = row[:, :, 0].sum(1)  # (B, L)
         total = heads if total is None else total.add_(heads)
 
-    with torch.no_grad(), model.hooks([(lambda name: name.endswith("hook_pattern"), add)]):
+    with torch.no_grad(), model.hooks([(lambda name: name.endswith("hook_query_pattern"), add)]):
         model(**tokens)
-    return total / (model.cfg.tf_n_layer * model.cfg.tf_n_head)  # (B, L, L)
+    return total / (model.cfg.tf_n_layer * model.cfg.tf_n_head)
+
+
+def attention_for(compressor: Compressor, model, window: Tokens) -> torch.Tensor | None:
+    """What ``compressor`` scores ``window`` (B, L, ·) with, from ``model``'s attention: nothing if it
+    does not read attention; the deciding query's row over the ``L - 1`` earlier transitions ``(B, L - 1)``
+    if that is all it reads (``evict_attention`` ``"current"``: TOVA, ``threshold``, ``adaptive``); else
+    the averaged pattern ``(B, L, L)`` (H2O's column sums, SnapKV's last rows)."""
+    if not compressor.needs_attention:
+        return None
+    if compressor.evict_attention == "current":
+        return query_row(model, window)[:, :-1]
+    return query_attention(model, window)
 
 
 def compress_tokens(compressor: Compressor, tokens: Tokens, positions: str = "original",
@@ -69,10 +101,10 @@ def compressed_logits(model, window: Tokens, compressor: Compressor, generator: 
     """One decision after compressing ``window`` (B, L, ·): the step a compressed rollout takes.
 
     Attention-based strategies score with ``scorer``'s attention on the whole window
-    (default ``model``'s own). Returns the logits ``(B, A)`` and the number of tokens
-    the decision attended to (K + 1).
+    (default ``model``'s own; :func:`attention_for`). Returns the logits ``(B, A)`` and the number
+    of tokens the decision attended to (K + 1).
     """
-    attention = query_attention(scorer or model, window) if compressor.needs_attention else None
+    attention = attention_for(compressor, scorer or model, window)
     ctx = compress_tokens(compressor, window, model.positions, attention, generator=generator)
     return model(**ctx)[:, -1], ctx.length
 
@@ -82,9 +114,9 @@ def compress_window(compressor: Compressor, window: Tokens, positions: str = "or
     """A training window (with targets) compressed exactly as a rollout compresses a decision's context.
 
     The last token is the decision. Attention-based strategies score with ``scorer``'s
-    attention on the whole window. Every kept token keeps its own action target.
+    attention on the whole window (:func:`attention_for`). Every kept token keeps its own action target.
     """
-    attention = query_attention(scorer, window) if compressor.needs_attention else None
+    attention = attention_for(compressor, scorer, window)
     return compress_tokens(compressor, window, positions, attention, generator=generator)
 
 

@@ -20,7 +20,10 @@ Two attention paths share the weights: fused ``scaled_dot_product_attention``
 (training, rollouts) and an explicit softmax that feeds the hook point
 ``blocks.{l}.attn.hook_pattern`` ``(batch, head, query, key)``. The explicit path
 runs whenever a hook is attached (see :meth:`ADTransformer.hooks` and
-:meth:`ADTransformer.run_with_cache`).
+:meth:`ADTransformer.run_with_cache`), except a hook on ``blocks.{l}.attn.hook_query_pattern``
+``(batch, head, 1, key)``, the last query's row alone: it is computed beside the fused path,
+one row instead of the whole pattern (what strategies that score with the deciding query's
+attention read).
 """
 
 from __future__ import annotations
@@ -60,6 +63,7 @@ class Attention(nn.Module):
         self.proj = nn.Linear(cfg.tf_n_embd, cfg.tf_n_embd)
         self.attn_dropout, self.resid_dropout = cfg.tf_attn_dropout, nn.Dropout(cfg.tf_dropout)
         self.hook_pattern = HookPoint()
+        self.hook_query_pattern = HookPoint()  # the last query's row of the pattern, (B, H, 1, Lk)
 
     def forward(self, x, cos, sin, mask, cache: KVCache | None = None, layer: int = 0, explicit: bool = False):
         B, L, C = x.shape
@@ -76,8 +80,15 @@ class Attention(nn.Module):
             if cache is not None and cache.wants_attention:
                 cache.record(pattern)
             y = F.dropout(pattern, p, self.training) @ v  # (B, H, L, dh)
+            row = pattern[:, :, -1:]  # (B, H, 1, Lk)
         else:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)  # (B, H, L, dh)
+            row = None
+        if self.hook_query_pattern._forward_hooks:
+            if row is None:  # the last query's row alone
+                row = ((q[:, :, -1:] / math.sqrt(self.head_dim)) @ k.transpose(-2, -1))  # (B, H, 1, Lk)
+                row = row.masked_fill_(~mask[..., -1:, :], float("-inf")).softmax(-1)
+            self.hook_query_pattern(row)
         y = y.transpose(1, 2).reshape(B, L, C)  # (B, L, C)
         return self.resid_dropout(self.proj(y))
 
@@ -234,7 +245,9 @@ class ADTransformer(nn.Module):
 
     # ---- hooks (TransformerLens style) --------------------------------------------------------
     def _hooked(self) -> bool:
-        return any(len(m._forward_hooks) for m in self.modules() if isinstance(m, HookPoint))
+        """Whether a hook needs the explicit attention path (any but the query-row hooks: the fused path feeds them)."""
+        return any(len(m._forward_hooks) for name, m in self.hook_points().items()
+                   if not name.endswith("hook_query_pattern"))
 
     @contextlib.contextmanager
     def hooks(self, fwd_hooks: list[tuple[str | Callable[[str], bool], Callable]]) -> Iterator[ADTransformer]:
