@@ -27,43 +27,44 @@ from adkit.data.tokens import Tokens
 POSITIONS = ("original", "renumber")
 
 
+def _head_layer_mean(model, tokens: Tokens, point: str) -> torch.Tensor:
+    """The mean over heads and layers of what hook points ``blocks.{l}.attn.{point}`` see, ``(B, H, Q, L)``
+    each -> ``(B, Q, L)``: summed layer by layer as each layer computes it (stacking every layer's pattern
+    afterwards would cost a copy of them all, about a forward pass)."""
+    total = None
+
+    def add(pattern, hook):
+        nonlocal total
+        heads = pattern.sum(1)  # (B, Q, L)
+        total = heads if total is None else total.add_(heads)
+
+    with torch.no_grad(), model.hooks([(lambda name: name.endswith(f"attn.{point}"), add)]):
+        model(**tokens)
+    return total / (model.cfg.tf_n_layer * model.cfg.tf_n_head)
+
+
 def query_attention(model, tokens: Tokens, per_head: bool = False) -> torch.Tensor:
     """Head- and layer-averaged attention pattern ``(B, L, L)`` of ``model`` on ``tokens``; with
-    ``per_head``, each layer's and head's ``(B, n_layer, n_head, L, L)``.
-
-    Each layer's pattern is added (or, per head, written) in place as the layer computes it: stacking
-    every layer's pattern afterwards would cost a copy of them all, about a forward pass."""
-    n_layer, n_head = model.cfg.tf_n_layer, model.cfg.tf_n_head
+    ``per_head``, each layer's and head's ``(B, n_layer, n_head, L, L)``, each written in place."""
+    if not per_head:
+        return _head_layer_mean(model, tokens, "hook_pattern")
     out = None
 
-    def take(pattern, hook):  # pattern (B, H, L, L)
+    def put(pattern, hook):  # (B, H, L, L)
         nonlocal out
-        if per_head:
-            if out is None:
-                out = pattern.new_empty(pattern.shape[0], n_layer, *pattern.shape[1:])  # (B, n_layer, H, L, L)
-            out[:, int(hook.name.split(".")[1])] = pattern
-        else:
-            heads = pattern.sum(1)  # (B, L, L)
-            out = heads if out is None else out.add_(heads)
+        if out is None:
+            out = pattern.new_empty(pattern.shape[0], model.cfg.tf_n_layer, *pattern.shape[1:])  # (B, layer, H, L, L)
+        out[:, int(hook.name.split(".")[1])] = pattern
 
-    with torch.no_grad(), model.hooks([(lambda name: name.endswith("hook_pattern"), take)]):
+    with torch.no_grad(), model.hooks([(lambda name: name.endswith("attn.hook_pattern"), put)]):
         model(**tokens)
-    return out if per_head else out / (n_layer * n_head)
+    return out
 
 
 def query_row(model, tokens: Tokens) -> torch.Tensor:
     """The last query's attention ``(B, L)``, heads and layers averaged: the last row of
     :func:`query_attention`'s pattern, computed beside the fused attention (one row, not the pattern)."""
-    total = None
-
-    def add(row, hook):  # row (B, H, 1, L)
-        nonlocal total
-        heads = row[:, :, 0].sum(1)  # (B, L)
-        total = heads if total is None else total.add_(heads)
-
-    with torch.no_grad(), model.hooks([(lambda name: name.endswith("hook_query_pattern"), add)]):
-        model(**tokens)
-    return total / (model.cfg.tf_n_layer * model.cfg.tf_n_head)
+    return _head_layer_mean(model, tokens, "hook_query_pattern")[:, 0]
 
 
 def attention_for(compressor: Compressor, model, window: Tokens) -> torch.Tensor | None:
