@@ -26,7 +26,7 @@ import adkit
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent  # the environment running the tests: adkit, papermill, JupyterLab, the kernel
-NOTEBOOKS = ("02_extract_attention", "04_compressors")
+NOTEBOOKS = ("02_extract_attention", "03_metrics", "04_compressors")
 CHROMIUM = "/usr/bin/chromium"  # Debian's; playwright's own browser downloads are not used
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync"]
@@ -65,7 +65,7 @@ def _run(cmd: list[str], home: Path) -> None:
 @pytest.fixture(scope="session")
 def lab_project(tmp_path_factory) -> Path:
     """A temporary project P (``P/config/profiles`` makes it adkit's home) with a tiny run trained in
-    ``P/runs/tiny`` and notebooks 02 and 04 in ``P/notebooks``, parameterised for it (still interactive)."""
+    ``P/runs/tiny`` and notebooks 02, 03 and 04 in ``P/notebooks``, parameterised for it (still interactive)."""
     home = tmp_path_factory.mktemp("lab-project")
     (home / "config").mkdir()
     (home / "config" / "profiles").symlink_to(Path(adkit.__file__).parent / "profiles", target_is_directory=True)

@@ -1,5 +1,6 @@
-"""Notebooks 02 and 04 in JupyterLab, in headless Chromium: run all cells, then move every slider of the
-panels and watch the figure change. Runs with ADKIT_BROWSER_TEST=1 (``make test-browser``), about a minute.
+"""Notebooks 02, 03 and 04 in JupyterLab, in headless Chromium: run all cells, then move every slider of the
+panels and watch the figure change (03 reads the attention file 02 writes, so they run in this order).
+Runs with ADKIT_BROWSER_TEST=1 (``make test-browser``), about two minutes.
 
 The panels are ``adkit.plots.widget_panel`` boxes: a row of widgets over an Output widget that shows the
 figure as an ``<img>``. ipywidgets 8 draws sliders with noUiSlider; the test focuses a slider's handle
@@ -170,6 +171,20 @@ def test_02_attention_sliders_redraw(page, lab, shoot):
     print(moved)
     check_clean(page, nb, "02")
     screenshots(page, boxes, shoot, "02_extract_attention")
+
+
+def test_03_metrics_explorer_and_budget_figure(page, lab, shoot):
+    """03's explorer (layer, head and sample sliders) and its last section: the budget coverage figure and table."""
+    nb = open_and_run_all(page, lab, "03_metrics")
+    [box] = panels(nb, 1)
+    moved = {name: move_slider(box, name) for name in ("layer", "head", "sample")}
+    print(moved)
+    last = nb.locator(".jp-CodeCell").last
+    expect(last.locator(".jp-OutputArea-output img")).to_have_count(1)  # the coverage figure, drawn
+    expect(last.locator(".jp-OutputArea-output table")).to_contain_text("top-k: all")
+    check_clean(page, nb, "03")
+    last.scroll_into_view_if_needed()
+    screenshots(page, [box], shoot, "03_metrics")
 
 
 def test_04_compressor_widgets_redraw(page, lab, shoot):
