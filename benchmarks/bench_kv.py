@@ -36,6 +36,7 @@ import torch
 from adkit.compress import make
 from adkit.compress.context import compress_tokens, query_attention
 from adkit.compress.cost import decision_cost, decision_flops, forward_flops, peak_allocated_mb, time_ms
+from adkit.compress.evict import kv_forms
 from adkit.data.tokens import Tokens
 from adkit.model import ADTransformer, ModelConfig
 
@@ -73,7 +74,8 @@ def measure(context: int, fraction: float, streams: int, strategies: list[str], 
     window, budget = random_window(streams, context), max(1, round(fraction * context))
     timing = {"budget_s": 10.0, "max_calls": calls}
     modes = [("full cache", "none", None, "reencode", None), ("recompute", "full", None, "reencode", None)]
-    modes += [(kv, name, make(name, budget), kv, None) for kv in ("reencode", "evict") for name in strategies]
+    modes += [(kv, name, make(name, budget), kv, None) for kv in ("reencode", "evict") for name in strategies
+              if kv in kv_forms(name, [kv])]  # strategies without an evicting form are re-encoded only
     modes += [("evict, one set per stream", name, c, "evict", "stream") for _, name, c, kv, _ in modes[2:]
               if kv == "evict" and c.needs_attention]
     modes += [("reencode, whole pattern", name, c, "reencode", None) for _, name, c, kv, _ in modes[2:]

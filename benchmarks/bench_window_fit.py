@@ -38,6 +38,11 @@ def fit(model, ctx: Tokens) -> dict[str, float]:
             "p_source": logp.gather(1, target).exp().mean().item()}
 
 
+def line(run_dir: str, model: str, context: str, f: dict) -> None:
+    print(f"| {run_dir} | {model} | {context} | {f['entropy']:.3f} | {f['accuracy']:.3f} | {f['p_source']:.3f} |",
+          flush=True)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--runs", nargs="+", required=True)
@@ -53,18 +58,13 @@ def main() -> None:
         _, val = samplers(run.cfg, load_for(run.cfg, run.require(run.histories, "collect")))
         tokens = Tokens.from_transitions(val.sample(args.windows))
         window = tokens.tokens(slice(tokens.length - run.cfg.model.n_transit, None))  # (B, n_transit, ·)
-
-        def line(model: str, context: str, f: dict) -> None:
-            print(f"| {run_dir} | {model} | {context} | {f['entropy']:.3f} | {f['accuracy']:.3f} | "
-                  f"{f['p_source']:.3f} |", flush=True)
-
-        line("full context", f"all {window.length}", fit(full, window))
+        line(run_dir, "full context", f"all {window.length}", fit(full, window))
         for k in args.budgets:
             ctx = compress_window(make(args.strategy, k), window, full.positions)
-            line("full context", f"{args.strategy} {k}", fit(full, ctx))
+            line(run_dir, "full context", f"{args.strategy} {k}", fit(full, ctx))
             weights = require(run.cell(args.strategy, k, run.cfg.train.seed) / "model.safetensors",
                               f"bench_seeds_study.py --runs {run_dir} --kv reencode --retrain {args.strategy}")
-            line("retrained", f"{args.strategy} {k}", fit(load(weights).eval(), ctx))
+            line(run_dir, "retrained", f"{args.strategy} {k}", fit(load(weights).eval(), ctx))
 
 
 if __name__ == "__main__":
