@@ -88,6 +88,7 @@ def cmd_evaluate(args) -> int:
     from adkit.model.checkpoint import load
     from adkit.model.evaluate import rollout, summary, write_summary
     from adkit.plots import plot_curves, save_png
+    from adkit.study.retrained import strategy_kwargs
 
     run = _saved_run(args, eval={"episodes": args.episodes, "seeds": args.seeds, "batch_tasks": args.tasks,
                                  "greedy": args.greedy or None})
@@ -99,7 +100,8 @@ def cmd_evaluate(args) -> int:
     if args.compressor:
         if args.budget is None:
             raise ValueError("--compressor needs --budget (transitions kept)")
-        compressor = build(args.compressor, args.budget, model, cfg.env.name)
+        kw = strategy_kwargs(run, model, [args.compressor]).get(args.compressor, {})  # the profile's rule
+        compressor = build(args.compressor, args.budget, model, cfg.env.name, **kw)
     elif args.kv == "evict":
         raise ValueError("--kv evict needs --compressor and --budget (what the cache keeps)")
     res = rollout(model, cfg.env.name, tasks, seeds=range(cfg.eval.seeds), episodes=cfg.eval.episodes,

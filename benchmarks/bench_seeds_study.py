@@ -57,7 +57,7 @@ from adkit.plots import save_png
 from adkit.run import Run
 from adkit.study.cells import share
 from adkit.study.figures import plot_shares_over_seeds
-from adkit.study.retrained import equal_targets_cell, recommended, retrained_study, run_cell
+from adkit.study.retrained import equal_targets_cell, recommended, retrained_study, run_cell, strategy_kwargs
 from adkit.study.summaries import by_budget, over_seeds, verdicts
 from adkit.study.training_free import study_compressors, training_free_study
 
@@ -83,14 +83,16 @@ def retrained(run_dirs: list[str], names: list[str], budgets, kvs, episodes: int
         run = Run.open(resolve(d))
         seed = run.cfg.train.seed
         streams = [1000 * seed + j for j in range(run.cfg.eval.seeds)]  # the streams run_cell evaluates on
-        full = rollout(load(run.weights), run.cfg.env.name, run.test_tasks, seeds=streams, episodes=episodes,
+        scorer = load(run.weights)
+        full = rollout(scorer, run.cfg.env.name, run.test_tasks, seeds=streams, episodes=episodes,
                        progress=False).returns.mean()
+        extra = strategy_kwargs(run, scorer, names)
         for name in names:
             for kv in kv_forms(name, kvs):
                 for budget in budgets:
                     equal = equal_targets and kv == "reencode"
                     more = equal_targets_cell(run, budget) if equal else {}
-                    row = run_cell(run, name, budget, seed, kv, run.cfg.train.steps, episodes, {}, progress=True,
+                    row = run_cell(run, name, budget, seed, kv, run.cfg.train.steps, episodes, extra, progress=True,
                                    **more)
                     rows.append({**row, "full_return": float(full), "run": str(d), "train_seed": i,
                                  "equal_targets": equal})

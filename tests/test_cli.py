@@ -42,6 +42,8 @@ def test_collect_train_evaluate_doctor(in_tmp, capsys):
     assert [cost[kv]["mode"] for kv in cost] == ["reencode", "evict"]
     # h2o re-encoding scores the whole window first; the evicting cache attends to its 5 slots only
     assert cost["evict"]["flops_per_decision"] < full["flops_per_decision"] < cost["reencode"]["flops_per_decision"]
+    assert main([*args[:-3], "profile", "--budget", "4", "--out", "runs/tiny/eval/profile.csv"]) == 0
+    assert json.loads(Path("runs/tiny/eval/profile.json").read_text())["mode"] == "reencode"
     assert main([*args[:-4], "--kv", "evict"]) == 2
     assert "--kv evict needs --compressor" in capsys.readouterr().err
     assert main([*args[:-2], "--budget", "999", "--kv", "evict"]) == 2

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from adkit.compress import make
+from adkit.compress import RULES, make
 from adkit.compress.context import compress_tokens, compress_window, query_attention
 from adkit.config import load_config
 from adkit.data.collect import load_for
@@ -236,6 +236,20 @@ def test_a_table_from_before_fine_tuning_reads_as_trained_from_scratch(tmp_path,
     table.drop(columns="init").to_csv(old, index=False)
     upgrade_table(old, retrained.COLUMNS)
     assert list(pd.read_csv(old).columns) == retrained.COLUMNS and (pd.read_csv(old)["init"] == "scratch").all()
+
+
+def test_a_profile_cell_trains_with_the_rule_profiled_on_the_run(tmp_path, run):
+    scorer = load(run.weights)
+    assert retrained.strategy_kwargs(run, scorer, ["recency", "attention"]) == {}
+    extra = retrained.strategy_kwargs(run, scorer, ["recency", "profile"])
+    assert set(extra) == {"profile"} and extra["profile"]["rule"] in RULES
+    row = retrained.run_cell(run, "profile", 3, 0, "reencode", 2, 1, extra, root=str(tmp_path))
+    assert (row["compressor"], row["budget"], row["train_steps"]) == ("profile", 3, 2)
+    trainer = Trainer(retrained.cell_run(run, "profile", 3, 0, 2, root=tmp_path), load_for(run.cfg, run.histories),
+                      progress=False, scorer=scorer, compressor_kw=extra["profile"])
+    assert trainer.compressor.rule == extra["profile"]["rule"]
+    with pytest.raises(ValueError, match="'profile' keeps by a rule profiled from the full-context model"):
+        retrained.run_cell(run, "profile", 3, 0, "reencode", 2, 1, {}, root=str(tmp_path / "bare"))
 
 
 def test_study_arguments_are_checked(run):

@@ -147,4 +147,7 @@ def build(name: str, budget: int, model, env_name: str, **kw) -> Compressor:
         kw.setdefault("horizon", envs.spec(env_name).horizon)
     if name == "oracle":
         kw.setdefault("policy", ModelPolicy(model))
+    if name == "profile" and "rule" not in kw:
+        raise ValueError("'profile' keeps by a rule profiled from the full-context model's attention: pass rule= "
+                         "(adkit.study.cells.profile_kwargs profiles one)")
     return make(name, budget, **kw)

@@ -155,6 +155,15 @@ def cell_run(run: Run, name: str, budget: int, seed: int, steps: int, compress_k
     return dataclasses.replace(run, dir=folder, cfg=cfg)
 
 
+def strategy_kwargs(run: Run, scorer, names: Sequence[str]) -> dict[str, dict]:
+    """What of ``names`` needs more than a budget, from the run: the ``profile`` rule, profiled on
+    ``scorer``'s attention over 64 of the run's training windows (:func:`profile_kwargs`)."""
+    if "profile" not in names:
+        return {}
+    contexts = window_contexts(run.cfg, load_for(run.cfg, run.require(run.histories, "collect")), 64, seed=0).inputs
+    return {"profile": profile_kwargs(scorer, contexts)}
+
+
 def run_cell(run: Run, name: str, budget: int, seed: int, kv: str, steps: int, episodes: int, extra: dict,
              threads: int = 0, progress: bool = False, compress_kw: dict | None = None,
              root: str | None = None) -> dict:
@@ -176,7 +185,7 @@ def run_cell(run: Run, name: str, budget: int, seed: int, kv: str, steps: int, e
     compressor = trainer.compressor
     evict = kv == "evict"
     res = rollout(model, run.cfg.env.name, tasks, seeds=streams, episodes=episodes, compressor=compressor,
-                  scorer=None if evict else scorer, progress=False, kv=kv)
+                  scorer=None if evict else scorer, progress=progress, kv=kv)
     res.write_csv(cell.dir / "returns.csv")
     probe = res.trajectories.window(res.steps - 1, n).rows(slice(None, None, len(streams)))  # one stream per task
     gen = torch.Generator().manual_seed(seed)
@@ -223,7 +232,7 @@ def retrained_study(run: Run, compressors: Sequence[str] | None = None, budgets:
     budgets = check_budgets(list(budgets) if budgets else st.transitions(st.retrain_budgets, n), n)
     seeds = [int(s) for s in seeds] if seeds is not None else list(range(st.seeds))
     steps, episodes = st.steps or run.cfg.train.steps, st.episodes or run.cfg.eval.episodes
-    hist = run.require(run.histories, "collect")
+    run.require(run.histories, "collect")  # fail before any cell starts
     kvs = list(kvs or st.kv)
     path = run.study / TABLE
     upgrade_table(path, COLUMNS)
@@ -235,10 +244,7 @@ def retrained_study(run: Run, compressors: Sequence[str] | None = None, budgets:
                              "study.init and study.episodes")
     cells = [(c, b, s, kv) for s in seeds for c, bs in [("none", [n]), *((c, budgets) for c in names)] for b in bs
              for kv in (["cache"] if c == "none" else kv_forms(c, kvs))]
-    extra = {}
-    if "profile" in names:
-        contexts = window_contexts(run.cfg, load_for(run.cfg, hist), 64, seed=0).inputs
-        extra["profile"] = profile_kwargs(scorer, contexts)
+    extra = strategy_kwargs(run, scorer, names)
     parallel = st.workers > 1 or st.executor != "local"
     threads = max(1, adkit_threads.share() // st.workers) if st.executor == "local" else 1  # per cell process
     compute = partial(run_cell, run, steps=steps, episodes=episodes, extra=extra, threads=threads if parallel else 0)
