@@ -117,13 +117,14 @@ def move_slider(panel: Locator, name: str) -> str:
     readout and then the figure to change. Returns ``"old -> new"`` as the readout shows it."""
     found = slider(panel, name)
     handle, readout = found.locator(".noUi-handle"), found.locator(".widget-readout")
-    before_value, before_src = readout.inner_text(), figure_src(panel)
+    expect(readout).to_have_text(re.compile(r"\S"))  # the slider shows its value before any move
+    before_value, before_src = readout.text_content(), figure_src(panel)  # (inner text can lag a lazy render)
     at_max = float(handle.get_attribute("aria-valuenow")) >= float(handle.get_attribute("aria-valuemax"))
     handle.focus()
     handle.press("ArrowLeft" if at_max else "ArrowRight")
     expect(readout).not_to_have_text(before_value, timeout=10_000)
-    wait_redrawn(panel, before_src, f"slider {name} ({before_value} -> {readout.inner_text()})")
-    return f"{before_value} -> {readout.inner_text()}"
+    wait_redrawn(panel, before_src, f"slider {name} ({before_value} -> {readout.text_content()})")
+    return f"{before_value} -> {readout.text_content()}"
 
 
 def choose(panel: Locator, name: str) -> str:
