@@ -363,7 +363,7 @@ def test_verdicts_name_the_best_and_weigh_the_recommended_against_random_by_the_
                          + part(False, {"random": (0.90, 0.05), "recency": (0.93, 0.04), "uniform": (0.97, 0.01)})
                          + one_seed)
     tuned, scratch, one_seed = verdicts(table, "recency")
-    assert tuned.startswith("K=50 (retrained (fine-tuned), kv: evict): best `recency` 95.0 ± 2.0%")
+    assert tuned.startswith("K=50 (retrained (fine-tuned), kv: evict): best `recency` 95.0 ± 2.0% (93.0-97.0%)")
     assert "beats random by more than the spread (+15.0 vs 2.0 points)" in tuned
     assert scratch.startswith("K=50 (retrained (from scratch), kv: evict): best `uniform` 97.0")  # parts apart
     assert "does NOT beat random by more than the spread (+3.0 vs 5.0 points)" in scratch

@@ -143,7 +143,7 @@ def verdicts(table: pd.DataFrame, recommended: str) -> list[str]:
         best = g.loc[g["mean"].idxmax()]
         line = (f"K={budget} ({part_label(*part)}): best `{best['compressor']}` "
                 f"{100 * best['mean']:.1f} ± {100 * best['std']:.1f}% "
-                f"({100 * best['low']:.0f}-{100 * best['high']:.0f}%)")
+                f"({100 * best['low']:.1f}-{100 * best['high']:.1f}%)")
         mine, rand = g[g["compressor"] == recommended], g[g["compressor"] == "random"]
         if len(mine) and len(rand):
             ours, theirs = mine.iloc[0], rand.iloc[0]
