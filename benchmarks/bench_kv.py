@@ -12,8 +12,9 @@ tasks x 3 seeds by default), from C random transitions per stream, in each mode:
 * ``recompute``: DICP's hard context, the last C transitions re-encoded at every decision;
 * ``reencode``: a strategy keeps K = fraction x C of the context, re-encoded at every decision
   (attention-scored strategies first run the full window to score it: strategies that score with the
-  deciding query's row alone read that row beside the fused attention; ``reencode, whole pattern``
-  scores the same strategies from every layer's whole pattern, the explicit path, for comparison);
+  deciding query's row, or SnapKV's last rows, read those rows beside the fused attention;
+  ``reencode, whole pattern`` scores the same strategies from every layer's whole pattern, the
+  explicit path, for comparison);
 * ``evict``: an evicting cache of K entries per layer, same strategies; attention-scored ones keep
   their own sets (per layer and head for H2O, per layer for TOVA), and again one set per stream
   (``one set per stream``) for comparison.
@@ -22,20 +23,24 @@ Per mode: median wall-clock of one batched decision (``--calls`` decisions after
 peak memory (what persists between decisions plus the decision's activations, measured with
 torch.profiler) and whole-decision FLOPs per stream, each also as a ratio of the full cache's in
 the same process. Weights are untrained: cost does not depend on them.
+
+A second table times the scoring pass alone, reading 1 row, 8 rows (SnapKV's default) or the whole
+pattern, run whole against ended after the last layer's attention scores (what the study does).
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import json
 from pathlib import Path
 
 import torch
 
 from adkit.compress import make
-from adkit.compress.context import compress_tokens, query_attention
-from adkit.compress.cost import decision_cost, decision_flops, forward_flops, peak_allocated_mb, time_ms
+from adkit.compress.context import compress_tokens, query_attention, scoring_rows
+from adkit.compress.cost import decision_cost, decision_flops, forward_flops, peak_allocated_mb, scoring_flops, time_ms
 from adkit.compress.evict import kv_forms
 from adkit.data.tokens import Tokens
 from adkit.model import ADTransformer, ModelConfig
@@ -66,6 +71,34 @@ def pattern_scored_cost(model, window: Tokens, compressor, timing: dict) -> tupl
     return time_ms(decide, **timing), resident + peak_allocated_mb(decide)
 
 
+@torch.no_grad()
+def scoring_pass(model, window: Tokens, rows: int | None, stop: bool) -> None:
+    """The pass that reads the last ``rows`` query rows (None: every layer's whole pattern), ended after the
+    last layer's scores if ``stop``."""
+    point = "hook_pattern" if rows is None else "hook_query_pattern"
+    last = f"blocks.{model.cfg.tf_n_layer - 1}.attn.{point}"
+    with model.hooks([(lambda name: name.endswith(point), lambda a, hook: None)], stop_after=last if stop else None):
+        model(**window, query_rows=rows or 1)
+
+
+def scoring_passes(context: int, streams: int, calls: int) -> list[dict]:
+    """The scoring pass over ``context`` transitions reading 1 row, 8 rows or the whole pattern (None): ms run
+    whole and ended after the last layer's scores, in the same process, and the FLOPs of each."""
+    cfg = ModelConfig(n_transit=context, tf_n_embd=64, tf_n_layer=4, tf_n_head=4, tf_n_inner=256,
+                      tf_dropout=0.0, tf_attn_dropout=0.0, episode_step=True, episode_return=True)
+    model, window = ADTransformer(cfg, "key-to-door").eval(), random_window(streams, context)
+    rows_out = []
+    for rows in (1, 8, None):
+        whole, ended = (time_ms(functools.partial(scoring_pass, model, window, rows, stop), budget_s=10.0,
+                                max_calls=calls) for stop in (False, True))
+        beside = 0 if rows is None else cfg.tf_n_layer * 2 * cfg.tf_n_embd * rows * context  # the rows' scores
+        rows_out.append({"context": context, "rows": "whole pattern" if rows is None else rows, "whole_ms": whole,
+                         "ended_ms": ended, "ratio": whole / ended,
+                         "whole_flops": forward_flops(cfg, context, context, model.n_actions) + beside,
+                         "ended_flops": scoring_flops(cfg, rows)})
+    return rows_out
+
+
 def measure(context: int, fraction: float, streams: int, strategies: list[str], calls: int) -> list[dict]:
     torch.manual_seed(0)
     cfg = ModelConfig(n_transit=context, tf_n_embd=64, tf_n_layer=4, tf_n_head=4, tf_n_inner=256,
@@ -79,7 +112,7 @@ def measure(context: int, fraction: float, streams: int, strategies: list[str], 
     modes += [("evict, one set per stream", name, c, "evict", "stream") for _, name, c, kv, _ in modes[2:]
               if kv == "evict" and c.needs_attention]
     modes += [("reencode, whole pattern", name, c, "reencode", None) for _, name, c, kv, _ in modes[2:]
-              if kv == "reencode" and c.needs_attention and c.evict_attention == "current"]
+              if kv == "reencode" and c.needs_attention and scoring_rows(c) is not None]
     rows = []
     for mode, name, compressor, kv, sets in modes:
         if mode == "reencode, whole pattern":
@@ -93,7 +126,8 @@ def measure(context: int, fraction: float, streams: int, strategies: list[str], 
         elif name == "full":
             flops = forward_flops(cfg, context, context, model.n_actions)
         else:
-            flops = decision_flops(cfg, model.n_actions, kept, compressor.needs_attention, evict=kv == "evict")
+            read = None if mode == "reencode, whole pattern" else scoring_rows(compressor)
+            flops = decision_flops(cfg, model.n_actions, kept, compressor.needs_attention, read, evict=kv == "evict")
         rows.append({"context": context, "mode": mode, "strategy": "" if compressor is None else name,
                      "kept": kept, "decision_ms": ms, "peak_mb": mb, "flops": flops})
     base = rows[0]
@@ -123,6 +157,13 @@ def main() -> None:
             print(f"| {c} | {r['mode']} | {r['strategy']} | {r['kept'] or c} | {r['decision_ms']:.2f} | "
                   f"{r['decision_ms_vs_full']:.2f} | {r['peak_mb']:.1f} | {r['peak_mb_vs_full']:.2f} | "
                   f"{r['flops'] / 1e6:.2f} | {r['flops_vs_full']:.2f} |", flush=True)
+    print("\n| context | scoring rows | whole pass ms | ended ms | ratio | whole MFLOP/stream | ended |")
+    print("|---|---|---|---|---|---|---|")
+    for c in args.contexts:
+        for r in scoring_passes(c, args.streams, args.calls):
+            rows.append(r)
+            print(f"| {c} | {r['rows']} | {r['whole_ms']:.2f} | {r['ended_ms']:.2f} | {r['ratio']:.2f} | "
+                  f"{r['whole_flops'] / 1e6:.2f} | {r['ended_flops'] / 1e6:.2f} |", flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
 

@@ -4,7 +4,9 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from adkit.compress.cost import decision_flops, forward_flops, peak_allocated_mb
+from adkit.compress import make
+from adkit.compress.context import attention_for, scoring_rows
+from adkit.compress.cost import decision_flops, forward_flops, peak_allocated_mb, scoring_flops
 from adkit.model import ADTransformer, ModelConfig
 
 CFG = ModelConfig(n_transit=8, tf_n_embd=16, tf_n_layer=2, tf_n_head=2, tf_n_inner=32)
@@ -52,8 +54,20 @@ def test_a_cached_step_attends_over_every_slot_and_costs_one_token():
     assert step == forward_flops(CFG, 1, CFG.n_transit, model.n_actions) == decision_flops(CFG, model.n_actions)
 
 
+@pytest.mark.parametrize("name, rows", [("attention", 1), ("snapkv", 3), ("h2o", None)])
+def test_scoring_flops_equal_torchs_count_of_the_scoring_pass(name, rows):
+    c = make(name, 3, **({"window": 3} if name == "snapkv" else {}))
+    assert scoring_rows(c) == rows
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        attention_for(c, model, tokens(CFG.n_transit))
+    n, d = CFG.n_transit, CFG.tf_n_embd
+    unseen = 0 if rows is None else (CFG.tf_n_layer - 1) * 4 * d * n * n  # the counter misses fused attention on CPU
+    assert scoring_flops(CFG, rows) == counter.get_total_flops() + unseen
+    assert scoring_flops(CFG, rows) < forward_flops(CFG, CFG.n_transit, CFG.n_transit, model.n_actions)
+
+
 def test_a_compressed_decision_costs_its_kept_tokens_plus_any_scoring_pass():
     A = model.n_actions
     assert decision_flops(CFG, A, kept=3) == forward_flops(CFG, 4, 4, A)
-    assert decision_flops(CFG, A, kept=3, scored=True) == forward_flops(CFG, 4, 4, A) + forward_flops(CFG, 8, 8, A)
+    assert decision_flops(CFG, A, kept=3, scored=True, rows=2) == forward_flops(CFG, 4, 4, A) + scoring_flops(CFG, 2)
     assert decision_flops(CFG, A, kept=7) > decision_flops(CFG, A)  # re-encoding 8 tokens costs more than one step

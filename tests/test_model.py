@@ -93,6 +93,29 @@ def test_query_pattern_hook_gives_the_patterns_last_row_beside_the_fused_path(mo
     assert (rows[-1][:, :, 0] * ~keep[:, None, -1]).eq(0).all()  # a key the query may not see gets none
 
 
+def test_query_pattern_hook_gives_the_last_rows_asked_for(model):
+    b = batch()
+    rows = []
+    with model.hooks([("blocks.1.attn.hook_query_pattern", lambda row, hook: rows.append(row))]):
+        model(**b, query_rows=5)
+    _, cache = model.run_with_cache(**b, names="hook_pattern")
+    assert rows[0].shape == (3, 2, 5, 30)
+    torch.testing.assert_close(rows[0], cache["pattern", 1][:, :, -5:], atol=1e-6, rtol=1e-5)
+
+
+def test_stop_after_ends_the_pass_and_the_block_there(model):
+    seen, after = [], []
+    with model.hooks([(lambda n: n.endswith("hook_resid_post"), lambda x, hook: seen.append(hook.name))],
+                     stop_after="blocks.1.attn.hook_pattern"):
+        model(**batch())
+        after.append("ran")
+    assert seen == ["blocks.0.hook_resid_post"] and after == []  # nothing past layer 1's pattern
+    assert not model._hooked()  # every hook removed, the stop's too
+    with pytest.raises(KeyError, match="no hook point 'blocks.9.attn.hook_pattern'"):
+        with model.hooks([], stop_after="blocks.9.attn.hook_pattern"):
+            pass
+
+
 def test_query_pattern_hook_in_a_cached_step_is_that_decisions_attention(model):
     b = batch(L=12)
     cache = model.new_cache(3)

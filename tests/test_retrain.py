@@ -9,6 +9,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from adkit.compress import RULES, make
 from adkit.compress.context import compress_tokens, compress_window, query_attention
+from adkit.compress.cost import scoring_flops
 from adkit.config import load_config
 from adkit.data.collect import load_for
 from adkit.data.histories import save as save_histories
@@ -176,7 +177,7 @@ def test_results_join_both_modes_and_count_attention_work(run, table):
     assert not both[retrained.COLUMNS].isna().any().any()
     tf = both[both["mode"] == "training-free"]
     assert {"full", "none"} & set(tf["compressor"]) == {"none"}  # the re-encoded baseline is not a study cell
-    model, n = load(run.dir), run.cfg.model.n_transit
+    model = load(run.dir)
 
     def counted(L: int) -> int:  # torch's own FLOP count of a forward over L tokens (explicit attention path)
         batch = samplers(run.cfg, load_for(run.cfg, run.histories))[0].sample(1)
@@ -189,7 +190,7 @@ def test_results_join_both_modes_and_count_attention_work(run, table):
     row = both[(both["compressor"] == "recency") & (both["budget"] == 3)].iloc[0]
     assert row["flops"] == counted(4)  # the 3 kept transitions and the decision's own token re-encoded
     row = both[(both["compressor"] == "attention") & (both["budget"] == 3)].iloc[0]
-    assert row["flops"] == counted(4) + counted(n)  # plus the scoring pass over the full window
+    assert row["flops"] == counted(4) + scoring_flops(run.cfg.model, 1)  # plus the scoring pass (test_cost)
     md = retrained.markdown_summary(both)
     assert "| compressor | budget | mode |" in md and "training-free" in md
     assert any(line.startswith("budget 6 of 20: best retrained") for line in retrained.headline(both, run))

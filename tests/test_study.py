@@ -84,8 +84,9 @@ def test_rollout_window_and_training_batch_select_the_same(model, history, name)
 
 def test_query_attention_is_the_mean_of_every_layers_and_heads_pattern(model, history):
     window = history.window(30, N_TRANSIT)
-    per_head = query_attention(model, window, per_head=True)  # (B, layer, H, L, L)
-    assert per_head.shape[1:3] == (model.cfg.tf_n_layer, model.cfg.tf_n_head)
+    per_head = query_attention(model, window, per_head=True)  # (B, layer, H, L, L); the pass ends after the last
+    _, cache = model.run_with_cache(**window, names="hook_pattern")  # the whole pass
+    assert torch.equal(per_head, torch.stack([cache["pattern", i] for i in range(model.cfg.tf_n_layer)], 1))
     torch.testing.assert_close(query_attention(model, window), per_head.mean((1, 2)))
 
 
@@ -95,12 +96,12 @@ def test_scoring_with_the_query_row_alone_keeps_what_the_whole_pattern_keeps(mod
     window = history.window(30, N_TRANSIT)
     c = build(name, 5, model, "darkroom", **extra(name))
     scores = attention_for(c, model, window)
-    row_only = c.evict_attention == "current"  # TOVA, threshold, adaptive: the deciding query's row
+    rows = {"current": 1, "window": getattr(c, "window", None)}.get(c.evict_attention)  # the last rows it reads
     B, L = window.batch, window.length
-    assert scores.shape == ((B, L - 1) if row_only else (B, L, L))
+    assert scores.shape == ((B, L - 1) if rows else (B, L, L))
     pattern = query_attention(model, window)  # (B, L, L) through the explicit path
-    if row_only:
-        torch.testing.assert_close(scores, pattern[:, -1, :-1], atol=1e-6, rtol=1e-5)
+    if rows:  # TOVA, threshold, adaptive: the deciding query's row; SnapKV: the mean of its window's
+        torch.testing.assert_close(scores, pattern[:, -rows:, :-1].mean(1), atol=1e-6, rtol=1e-5)
     kept = [compress_tokens(c, window, model.positions, a, generator=torch.Generator().manual_seed(7))
             for a in (scores, pattern)]
     assert torch.equal(kept[0]["positions"], kept[1]["positions"])

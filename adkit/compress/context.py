@@ -27,7 +27,15 @@ from adkit.data.tokens import Tokens
 POSITIONS = ("original", "renumber")
 
 
-def _head_layer_mean(model, tokens: Tokens, point: str) -> torch.Tensor:
+def _attention_pass(model, tokens: Tokens, point: str, fn, query_rows: int = 1) -> None:
+    """Run ``model`` on ``tokens`` with ``fn(activation, hook)`` on every layer's ``attn.{point}``, and end
+    the pass right after the last layer's: its attention output, MLP and head are not needed."""
+    last = f"blocks.{model.cfg.tf_n_layer - 1}.attn.{point}"
+    with torch.no_grad(), model.hooks([(lambda name: name.endswith(f"attn.{point}"), fn)], stop_after=last):
+        model(**tokens, query_rows=query_rows)
+
+
+def _head_layer_mean(model, tokens: Tokens, point: str, query_rows: int = 1) -> torch.Tensor:
     """The mean over heads and layers of what hook points ``blocks.{l}.attn.{point}`` see, ``(B, H, Q, L)``
     each -> ``(B, Q, L)``: summed layer by layer as each layer computes it (stacking every layer's pattern
     afterwards would cost a copy of them all, about a forward pass)."""
@@ -38,8 +46,7 @@ def _head_layer_mean(model, tokens: Tokens, point: str) -> torch.Tensor:
         heads = pattern.sum(1)  # (B, Q, L)
         total = heads if total is None else total.add_(heads)
 
-    with torch.no_grad(), model.hooks([(lambda name: name.endswith(f"attn.{point}"), add)]):
-        model(**tokens)
+    _attention_pass(model, tokens, point, add, query_rows)
     return total / (model.cfg.tf_n_layer * model.cfg.tf_n_head)
 
 
@@ -56,27 +63,33 @@ def query_attention(model, tokens: Tokens, per_head: bool = False) -> torch.Tens
             out = pattern.new_empty(pattern.shape[0], model.cfg.tf_n_layer, *pattern.shape[1:])  # (B, layer, H, L, L)
         out[:, int(hook.name.split(".")[1])] = pattern
 
-    with torch.no_grad(), model.hooks([(lambda name: name.endswith("attn.hook_pattern"), put)]):
-        model(**tokens)
+    _attention_pass(model, tokens, "hook_pattern", put)
     return out
 
 
-def query_row(model, tokens: Tokens) -> torch.Tensor:
-    """The last query's attention ``(B, L)``, heads and layers averaged: the last row of
-    :func:`query_attention`'s pattern, computed beside the fused attention (one row, not the pattern)."""
-    return _head_layer_mean(model, tokens, "hook_query_pattern")[:, 0]
+def query_rows(model, tokens: Tokens, rows: int = 1) -> torch.Tensor:
+    """The last ``rows`` queries' attention ``(B, rows, L)``, heads and layers averaged: the last rows of
+    :func:`query_attention`'s pattern, computed beside the fused attention (a few rows, not the pattern)."""
+    return _head_layer_mean(model, tokens, "hook_query_pattern", rows)
+
+
+def scoring_rows(compressor: Compressor) -> int | None:
+    """How many of the last query rows an attention-scored ``compressor`` reads: 1 (the deciding query's:
+    ``evict_attention`` ``"current"``, TOVA, ``threshold``, ``adaptive``), SnapKV's ``window`` (``"window"``),
+    or None, the whole pattern (H2O's column sums)."""
+    return {"current": 1, "window": getattr(compressor, "window", None)}.get(compressor.evict_attention)
 
 
 def attention_for(compressor: Compressor, model, window: Tokens) -> torch.Tensor | None:
     """What ``compressor`` scores ``window`` (B, L, ·) with, from ``model``'s attention: nothing if it
-    does not read attention; the deciding query's row over the ``L - 1`` earlier transitions ``(B, L - 1)``
-    if that is all it reads (``evict_attention`` ``"current"``: TOVA, ``threshold``, ``adaptive``); else
-    the averaged pattern ``(B, L, L)`` (H2O's column sums, SnapKV's last rows)."""
+    does not read attention; the mean of the last :func:`scoring_rows` rows over the ``L - 1`` earlier
+    transitions ``(B, L - 1)`` if that is all it reads; else the averaged pattern ``(B, L, L)``."""
     if not compressor.needs_attention:
         return None
-    if compressor.evict_attention == "current":
-        return query_row(model, window)[:, :-1]
-    return query_attention(model, window)
+    rows = scoring_rows(compressor)
+    if rows is None:
+        return query_attention(model, window)
+    return query_rows(model, window, rows)[:, :, :-1].mean(1)
 
 
 def compress_tokens(compressor: Compressor, tokens: Tokens, positions: str = "original",

@@ -3,8 +3,9 @@
 * :func:`time_ms`: median wall-clock of a call.
 * :func:`peak_allocated_mb`: the most tensor memory a call held at once, from the
   allocation events ``torch.profiler`` records (no sampling).
-* :func:`forward_flops` and :func:`decision_flops`: the whole work of a forward and of a
-  decision (projections, attention, MLP, head), counted from token counts.
+* :func:`forward_flops`, :func:`scoring_flops` and :func:`decision_flops`: the whole work of a forward,
+  of an attention-scored strategy's scoring pass and of a decision (projections, attention, MLP,
+  head), counted from token counts.
 * :func:`decision_cost`: one decision of a model, full (rolling cache or re-encoded) or compressed.
 """
 
@@ -100,19 +101,31 @@ def forward_flops(cfg: ModelConfig, tokens: int, keys: int, n_actions: int) -> i
     return tokens * per_token + L * 4 * d * tokens * keys
 
 
+def scoring_flops(cfg: ModelConfig, rows: int | None = None) -> int:
+    """FLOPs of the pass that scores an ``n_transit`` window (:func:`adkit.compress.context.attention_for`):
+    every layer but the last whole (:func:`forward_flops`' terms), the last one's query/key/value
+    projections and its scores, then nothing (the pass ends there). ``rows``: the last query rows read
+    (:func:`adkit.compress.context.scoring_rows`), computed beside the fused attention in every layer;
+    None: the whole pattern, the explicit path's own scores."""
+    d, L, n = cfg.tf_n_embd, cfg.tf_n_layer, cfg.n_transit
+    below = 2 * d * n + (L - 1) * (n * (8 * d * d + 4 * d * cfg.tf_n_inner) + 4 * d * n * n)
+    read = 2 * d * n * n if rows is None else L * 2 * d * rows * n
+    return below + 6 * d * d * n + read
+
+
 def decision_flops(cfg: ModelConfig, n_actions: int, kept: int | None = None, scored: bool = False,
-                   evict: bool = False) -> int:
+                   rows: int | None = None, evict: bool = False) -> int:
     """FLOPs of one whole decision: ``kept`` None is a step of the rolling cache (one token over its
     ``n_transit`` slots); ``evict``, a step of an evicting cache (one token over ``kept + 1`` slots; its
     scores are the attention the step computes anyway); otherwise the ``kept + 1`` tokens of a
-    compressed context re-encoded, plus, when the strategy is ``scored`` by attention, the full
-    window's scoring pass."""
+    compressed context re-encoded, plus, when the strategy is ``scored`` by attention, the window's
+    scoring pass (:func:`scoring_flops` of ``rows``)."""
     n = cfg.n_transit
     if kept is None:
         return forward_flops(cfg, 1, n, n_actions)
     if evict:
         return forward_flops(cfg, 1, kept + 1, n_actions)
-    scoring = forward_flops(cfg, n, n, n_actions) if scored else 0
+    scoring = scoring_flops(cfg, rows) if scored else 0
     return forward_flops(cfg, kept + 1, kept + 1, n_actions) + scoring
 
 

@@ -76,9 +76,10 @@ class Transitions:
 
     ``reward`` ``(B, n)``: each transition's reward (trailing dimensions summed);
     ``scores`` ``(B, n)``: the query row's attention to each transition (heads
-    averaged); ``pattern`` ``(B, T, T)``: the head-averaged pattern, when one was
-    passed; ``context``: the model inputs these transitions came from, decision token
-    last, when the caller compresses a model context (the oracle's model policy reads it).
+    averaged; SnapKV's: its observation window's mean); ``pattern`` ``(B, T, T)``: the
+    head-averaged pattern, when one was passed; ``context``: the model inputs these
+    transitions came from, decision token last, when the caller compresses a model context
+    (the oracle's model policy reads it).
     ``owner`` names the compressor in error messages."""
 
     states: Tensor
@@ -109,11 +110,6 @@ class Transitions:
         _check(self.scores is not None, f"{self.owner} needs attention: pass scores (B, n) "
                "or a pattern (B, T, T) / (B, H, T, T) with T = n + 1")
         return self.scores
-
-    def need_pattern(self) -> Tensor:
-        _check(self.pattern is not None, f"{self.owner} needs an attention pattern (B, T, T) or "
-               "(B, H, T, T) with T = n + 1, not per-transition scores")
-        return self.pattern
 
     @classmethod
     def build(cls, owner, states, actions, rewards, next_states, attention, positions, generator, context):
@@ -449,8 +445,9 @@ class SnapKVCompressor(Compressor):
     """SnapKV: mean attention from the last ``window`` query rows of the pattern,
     max-pooled along keys (odd kernel ``pool``), top-K. The transitions inside the
     observation window (the last ``window - 1``; the last row is the query) are
-    always kept (the most recent of them if they exceed K). Needs a pattern (an evicting
-    cache gives it the mean attention of its last ``window`` decisions as scores instead)."""
+    always kept (the most recent of them if they exceed K). Scores ``(B, n)`` given instead of a
+    pattern are that window's mean attention (what an evicting cache gives: the mean of its last
+    ``window`` decisions)."""
 
     budget: int
     window: int = 8
@@ -466,13 +463,7 @@ class SnapKVCompressor(Compressor):
         _check(_count(self.pool, "pool") % 2 == 1, f"pool must be odd, got {self.pool}")
 
     def score(self, h, k):
-        return self._pooled(h, h.need_pattern()[:, -self.window:, :h.n].mean(1))  # (B, n)
-
-    def evict_score(self, h, k):
-        return self._pooled(h, h.need_scores())  # the cache's mean over its last ``window`` decisions
-
-    def _pooled(self, h: Transitions, obs: Tensor) -> Tensor:
-        """``(B, n)`` observation-window attention -> max-pooled scores, the window's own transitions first."""
+        obs = h.pattern[:, -self.window:, :h.n].mean(1) if h.pattern is not None else h.need_scores()  # (B, n)
         pooled = F.max_pool1d(obs[:, None], self.pool, stride=1, padding=self.pool // 2)[:, 0]  # (B, 1, n) -> (B, n)
         return pooled.masked_fill(h.index() >= h.n - (self.window - 1), math.inf)
 

@@ -47,7 +47,7 @@ import pandas as pd
 import torch
 
 from adkit import envs
-from adkit.compress.context import compressed_logits
+from adkit.compress.context import compressed_logits, scoring_rows
 from adkit.compress.cost import decision_flops, peak_allocated_mb
 from adkit.compress.evict import KV
 from adkit.data.loop import record
@@ -182,7 +182,8 @@ class ModelLearner:
         peak = resident / 2**20 + peak_allocated_mb(lambda: self.logits(t))
         c = self.compressor
         kept = None if c is None else c.budget
-        flops = decision_flops(self.model.cfg, self.n_actions, kept, scored=c is not None and c.needs_attention,
+        scored = c is not None and c.needs_attention
+        flops = decision_flops(self.model.cfg, self.n_actions, kept, scored, scoring_rows(c) if scored else None,
                                evict=self.mode == "evict")
         return DecisionCost(self.mode, kept, 1000 * statistics.median(self.seconds), peak, flops,
                             len(self.traj.ended), torch.get_num_threads())

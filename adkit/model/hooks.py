@@ -17,6 +17,11 @@ class HookPoint(nn.Identity):
     name: str = ""
 
 
+class StopForward(Exception):
+    """Ends a forward pass at a hook point when nothing after it is needed (TransformerLens's
+    ``stop_at_layer``, anywhere in a layer): see ``stop_after`` in :meth:`ADTransformer.hooks`."""
+
+
 class ActivationCache(dict):
     """Activations by hook name; ``cache["pattern", 2]`` means ``blocks.2.attn.hook_pattern``."""
 

@@ -21,9 +21,9 @@ Two attention paths share the weights: fused ``scaled_dot_product_attention``
 ``blocks.{l}.attn.hook_pattern`` ``(batch, head, query, key)``. The explicit path
 runs whenever a hook is attached (see :meth:`ADTransformer.hooks` and
 :meth:`ADTransformer.run_with_cache`), except a hook on ``blocks.{l}.attn.hook_query_pattern``
-``(batch, head, 1, key)``, the last query's row alone: it is computed beside the fused path,
-one row instead of the whole pattern (what strategies that score with the deciding query's
-attention read).
+``(batch, head, query_rows, key)``, the last ``query_rows`` queries' rows alone (default 1): they are
+computed beside the fused path, before it, a few rows instead of the whole pattern (what strategies
+that score with the deciding query's attention, or SnapKV's last rows, read).
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ from adkit.compress.evict import Evictor, set_shape
 from adkit.config import ModelConfig
 from adkit.envs import spec as env_spec
 from adkit.model.cache import EvictingCache, KVCache
-from adkit.model.hooks import ActivationCache, HookPoint
+from adkit.model.hooks import ActivationCache, HookPoint, StopForward
 from adkit.model.rope import apply_rope, rope_angles
 
 POSITIONS = ("original", "renumber")
@@ -63,9 +63,10 @@ class Attention(nn.Module):
         self.proj = nn.Linear(cfg.tf_n_embd, cfg.tf_n_embd)
         self.attn_dropout, self.resid_dropout = cfg.tf_attn_dropout, nn.Dropout(cfg.tf_dropout)
         self.hook_pattern = HookPoint()
-        self.hook_query_pattern = HookPoint()  # the last query's row of the pattern, (B, H, 1, Lk)
+        self.hook_query_pattern = HookPoint()  # the last query_rows rows of the pattern, (B, H, query_rows, Lk)
 
-    def forward(self, x, cos, sin, mask, cache: KVCache | None = None, layer: int = 0, explicit: bool = False):
+    def forward(self, x, cos, sin, mask, cache: KVCache | None = None, layer: int = 0, explicit: bool = False,
+                query_rows: int = 1):
         B, L, C = x.shape
         q, k, v = self.qkv(x).split(C, dim=2)  # 3 x (B, L, C)
         q, k, v = (t.view(B, L, self.n_head, self.head_dim).transpose(1, 2) for t in (q, k, v))  # (B, H, L, dh)
@@ -79,16 +80,14 @@ class Attention(nn.Module):
             pattern = self.hook_pattern(scores.masked_fill_(~mask, float("-inf")).softmax(-1))
             if cache is not None and cache.wants_attention:
                 cache.record(pattern)
+            if self.hook_query_pattern._forward_hooks:
+                self.hook_query_pattern(pattern[:, :, -query_rows:])  # (B, H, r, Lk)
             y = F.dropout(pattern, p, self.training) @ v  # (B, H, L, dh)
-            row = pattern[:, :, -1:]  # (B, H, 1, Lk)
         else:
+            if self.hook_query_pattern._forward_hooks:  # the last rows alone, before the fused attention
+                rows = (q[:, :, -query_rows:] / math.sqrt(self.head_dim)) @ k.transpose(-2, -1)  # (B, H, r, Lk)
+                self.hook_query_pattern(rows.masked_fill_(~mask[..., -query_rows:, :], float("-inf")).softmax(-1))
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)  # (B, H, L, dh)
-            row = None
-        if self.hook_query_pattern._forward_hooks:
-            if row is None:  # the last query's row alone
-                row = ((q[:, :, -1:] / math.sqrt(self.head_dim)) @ k.transpose(-2, -1))  # (B, H, 1, Lk)
-                row = row.masked_fill_(~mask[..., -1:, :], float("-inf")).softmax(-1)
-            self.hook_query_pattern(row)
         y = y.transpose(1, 2).reshape(B, L, C)  # (B, L, C)
         return self.resid_dropout(self.proj(y))
 
@@ -102,9 +101,9 @@ class Block(nn.Module):
                                  nn.Linear(cfg.tf_n_inner, cfg.tf_n_embd), nn.Dropout(cfg.tf_dropout))
         self.hook_resid_pre, self.hook_resid_post = HookPoint(), HookPoint()
 
-    def forward(self, x, cos, sin, mask, cache=None, layer=0, explicit=False):
+    def forward(self, x, cos, sin, mask, cache=None, layer=0, explicit=False, query_rows=1):
         x = self.hook_resid_pre(x)
-        x = x + self.attn(self.ln_1(x), cos, sin, mask, cache, layer, explicit)
+        x = x + self.attn(self.ln_1(x), cos, sin, mask, cache, layer, explicit, query_rows)
         return self.hook_resid_post(x + self.mlp(self.ln_2(x)))
 
 
@@ -177,14 +176,15 @@ class ADTransformer(nn.Module):
 
     # ---- forward ------------------------------------------------------------------------
     def forward(self, states, actions, rewards, next_states, queries, positions=None,
-                episode_return=None, keep=None) -> torch.Tensor:
+                episode_return=None, keep=None, query_rows: int = 1) -> torch.Tensor:
         """Action logits (B, L, A) for the decision after each of the L transitions.
 
         ``positions`` (B, L): step of each transition in its stream (rotary positions);
         default ``0..L-1``. The attention window is ``n_transit`` tokens. ``keep`` (B, L, L) bool, or
         (B, n_layer, n_head, L, L) per layer and head, narrows each query to the tokens it may attend
         to (:func:`adkit.compress.evict.keep_mask`: an evicting cache's, which this forward then
-        computes in one pass).
+        computes in one pass). ``query_rows``: how many of the last queries' rows
+        ``blocks.{l}.attn.hook_query_pattern`` gives.
         """
         B, L = actions.shape
         if positions is None:
@@ -201,7 +201,7 @@ class ADTransformer(nn.Module):
         explicit = self._hooked()
         for layer, block in enumerate(self.blocks):
             m = mask if keep is None else mask & keep[:, layer % keep.shape[1]]  # (L, L) or (B, 1 or H, L, L)
-            x = block(x, cos, sin, m, explicit=explicit)
+            x = block(x, cos, sin, m, explicit=explicit, query_rows=query_rows)
         return self.head(self.ln_f(x))
 
     def new_cache(self, batch: int) -> KVCache:
@@ -250,22 +250,30 @@ class ADTransformer(nn.Module):
                    if not name.endswith("hook_query_pattern"))
 
     @contextlib.contextmanager
-    def hooks(self, fwd_hooks: list[tuple[str | Callable[[str], bool], Callable]]) -> Iterator[ADTransformer]:
+    def hooks(self, fwd_hooks: list[tuple[str | Callable[[str], bool], Callable]],
+              stop_after: str | None = None) -> Iterator[ADTransformer]:
         """Attach ``(name or name-filter, fn(activation, hook))`` pairs for the duration of the block.
 
-        ``fn`` may return a replacement activation. Hooks are always removed, even
-        if the forward pass raises.
+        ``fn`` may return a replacement activation. ``stop_after``: a hook point after whose hooks the
+        forward pass ends, and with it the ``with`` block, quietly (for callers that need nothing later).
+        Hooks are always removed, even if the forward pass raises.
         """
         points = self.hook_points()
         handles = []
+
+        def stop(*_):
+            raise StopForward
+
         try:
-            for name, fn in fwd_hooks:
+            for name, fn in [*fwd_hooks, *([(stop_after, stop)] if stop_after else [])]:
                 match = [p for n, p in points.items() if (name(n) if callable(name) else n == name)]
                 if not match:
                     raise KeyError(f"no hook point {name!r}; available: {sorted(points)}")
                 for p in match:
                     handles.append(p.register_forward_hook(lambda mod, inp, out, fn=fn: fn(out, mod)))
             yield self
+        except StopForward:
+            pass
         finally:
             for h in handles:
                 h.remove()

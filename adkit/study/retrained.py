@@ -56,7 +56,7 @@ from adkit import compress, envs
 from adkit import threads as adkit_threads
 from adkit.analysis.attention import window_contexts
 from adkit.analysis.insights import markdown_table
-from adkit.compress.context import compress_window, query_attention
+from adkit.compress.context import compress_window, query_attention, scoring_rows
 from adkit.compress.cost import decision_cost, decision_flops, forward_flops, peak_allocated_mb, time_ms
 from adkit.compress.evict import keep_mask, kv_forms
 from adkit.data.collect import load_for
@@ -85,13 +85,14 @@ INITS = ("scratch", "run")  # where a retrained model starts (study.init): rando
 
 
 def decision_work(model_cfg, n_actions: int, name: str, budget: int, needs_attention: bool,
-                  kv: str = "reencode") -> tuple[int, int]:
+                  kv: str = "reencode", rows: int | None = None) -> tuple[int, int]:
     """FLOPs ``(per decision, per training sequence)`` of ``name`` at ``budget``, each a whole forward
     (:func:`adkit.compress.cost.forward_flops`).
 
     ``none``: a rolling-cache step and a training sequence of ``2 * n_transit`` tokens; a re-encoding
     compressor: the ``budget + 1`` kept tokens re-encoded, plus the full-window scoring pass of an
-    attention-based strategy (in rollouts and in training alike); an evicting one: a step of its
+    attention-based strategy, reading ``rows`` query rows (:func:`adkit.compress.cost.scoring_flops`;
+    in rollouts and in training alike); an evicting one: a step of its
     cache, and a whole training sequence (masked attention is computed densely, plus the scorer's
     pass for an attention-based strategy).
     """
@@ -101,7 +102,7 @@ def decision_work(model_cfg, n_actions: int, name: str, budget: int, needs_atten
         return decision_flops(model_cfg, n_actions), whole
     if kv == "evict":
         return decision_flops(model_cfg, n_actions, budget, evict=True), whole * (2 if needs_attention else 1)
-    flops = decision_flops(model_cfg, n_actions, budget, needs_attention)
+    flops = decision_flops(model_cfg, n_actions, budget, needs_attention, rows)
     return flops, flops
 
 
@@ -191,7 +192,8 @@ def run_cell(run: Run, name: str, budget: int, seed: int, kv: str, steps: int, e
     gen = torch.Generator().manual_seed(seed)
     ms, mb = decision_cost(model, probe, name, compressor, gen, scorer=None if evict else scorer, kv=kv)
     needs = bool(compressor is not None and compressor.needs_attention)
-    flops, train_flops = decision_work(model.cfg, model.n_actions, name, budget, needs, kv)
+    flops, train_flops = decision_work(model.cfg, model.n_actions, name, budget, needs, kv,
+                                       scoring_rows(compressor) if needs else None)
     return {
         "compressor": name, "budget": budget, "mode": MODE, "kv": "cache" if name == "none" else kv, "seed": seed,
         "init": run.cfg.study.init, "return": float(res.returns.mean()), "full_return": float("nan"),
@@ -272,9 +274,9 @@ def results_table(run: Run) -> pd.DataFrame:
     base = re_df[re_df["compressor"] == "none"]
     if len(tf) and len(base):
         model_cfg = run.cfg.model
-        needs = {c: compress.COMPRESSORS[c].needs_attention for c in tf["compressor"]}
+        kinds = {c: compress.COMPRESSORS[c] for c in tf["compressor"]}  # class defaults: SnapKV's window
         n_actions = envs.spec(run.cfg.env.name).n_actions
-        work = [decision_work(model_cfg, n_actions, c, int(b), needs[c], kv)
+        work = [decision_work(model_cfg, n_actions, c, int(b), kinds[c].needs_attention, kv, scoring_rows(kinds[c]))
                 for c, b, kv in zip(tf["compressor"], tf["budget"], tf["kv"])]
         tf = tf.assign(mode=TRAINING_FREE, init="scratch", train_steps=run.cfg.train.steps,  # the run's model
                        train_step_ms=float(base["train_step_ms"].mean()),
