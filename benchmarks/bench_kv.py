@@ -39,7 +39,7 @@ from pathlib import Path
 import torch
 
 from adkit.compress import make
-from adkit.compress.context import compress_tokens, query_attention, scoring_rows
+from adkit.compress.context import attention_pass, compress_tokens, query_attention, scoring_rows
 from adkit.compress.cost import decision_cost, decision_flops, forward_flops, peak_allocated_mb, scoring_flops, time_ms
 from adkit.compress.evict import kv_forms
 from adkit.data.tokens import Tokens
@@ -71,16 +71,6 @@ def pattern_scored_cost(model, window: Tokens, compressor, timing: dict) -> tupl
     return time_ms(decide, **timing), resident + peak_allocated_mb(decide)
 
 
-@torch.no_grad()
-def scoring_pass(model, window: Tokens, rows: int | None, stop: bool) -> None:
-    """The pass that reads the last ``rows`` query rows (None: every layer's whole pattern), ended after the
-    last layer's scores if ``stop``."""
-    point = "hook_pattern" if rows is None else "hook_query_pattern"
-    last = f"blocks.{model.cfg.tf_n_layer - 1}.attn.{point}"
-    with model.hooks([(lambda name: name.endswith(point), lambda a, hook: None)], stop_after=last if stop else None):
-        model(**window, query_rows=rows or 1)
-
-
 def scoring_passes(context: int, streams: int, calls: int) -> list[dict]:
     """The scoring pass over ``context`` transitions reading 1 row, 8 rows or the whole pattern (None): ms run
     whole and ended after the last layer's scores, in the same process, and the FLOPs of each."""
@@ -89,8 +79,10 @@ def scoring_passes(context: int, streams: int, calls: int) -> list[dict]:
     model, window = ADTransformer(cfg, "key-to-door").eval(), random_window(streams, context)
     rows_out = []
     for rows in (1, 8, None):
-        whole, ended = (time_ms(functools.partial(scoring_pass, model, window, rows, stop), budget_s=10.0,
-                                max_calls=calls) for stop in (False, True))
+        point = "hook_pattern" if rows is None else "hook_query_pattern"  # every layer's whole pattern, or rows
+        whole, ended = (time_ms(functools.partial(attention_pass, model, window, point, lambda a, hook: None,
+                                                  rows or 1, stop), budget_s=10.0, max_calls=calls)
+                        for stop in (False, True))
         beside = 0 if rows is None else cfg.tf_n_layer * 2 * cfg.tf_n_embd * rows * context  # the rows' scores
         rows_out.append({"context": context, "rows": "whole pattern" if rows is None else rows, "whole_ms": whole,
                          "ended_ms": ended, "ratio": whole / ended,

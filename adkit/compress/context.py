@@ -27,10 +27,10 @@ from adkit.data.tokens import Tokens
 POSITIONS = ("original", "renumber")
 
 
-def _attention_pass(model, tokens: Tokens, point: str, fn, query_rows: int = 1) -> None:
-    """Run ``model`` on ``tokens`` with ``fn(activation, hook)`` on every layer's ``attn.{point}``, and end
-    the pass right after the last layer's: its attention output, MLP and head are not needed."""
-    last = f"blocks.{model.cfg.tf_n_layer - 1}.attn.{point}"
+def attention_pass(model, tokens: Tokens, point: str, fn, query_rows: int = 1, stop: bool = True) -> None:
+    """Run ``model`` on ``tokens`` with ``fn(activation, hook)`` on every layer's ``attn.{point}``, and (``stop``)
+    end the pass right after the last layer's: its attention output, MLP and head are not needed."""
+    last = f"blocks.{model.cfg.tf_n_layer - 1}.attn.{point}" if stop else None
     with torch.no_grad(), model.hooks([(lambda name: name.endswith(f"attn.{point}"), fn)], stop_after=last):
         model(**tokens, query_rows=query_rows)
 
@@ -46,7 +46,7 @@ def _head_layer_mean(model, tokens: Tokens, point: str, query_rows: int = 1) -> 
         heads = pattern.sum(1)  # (B, Q, L)
         total = heads if total is None else total.add_(heads)
 
-    _attention_pass(model, tokens, point, add, query_rows)
+    attention_pass(model, tokens, point, add, query_rows)
     return total / (model.cfg.tf_n_layer * model.cfg.tf_n_head)
 
 
@@ -63,7 +63,7 @@ def query_attention(model, tokens: Tokens, per_head: bool = False) -> torch.Tens
             out = pattern.new_empty(pattern.shape[0], model.cfg.tf_n_layer, *pattern.shape[1:])  # (B, layer, H, L, L)
         out[:, int(hook.name.split(".")[1])] = pattern
 
-    _attention_pass(model, tokens, "hook_pattern", put)
+    attention_pass(model, tokens, "hook_pattern", put)
     return out
 
 
