@@ -209,11 +209,14 @@ def plot_modes(df: pd.DataFrame) -> Figure:
     return fig
 
 
-def plot_shares_over_seeds(table: pd.DataFrame, recommended: str | None = None, columns: int = 3) -> Figure:
+def plot_shares_over_seeds(table: pd.DataFrame, recommended: str | None = None, columns: int = 3,
+                           dodge: float = 0.025) -> Figure:
     """Share of the full-context return (mean ± sample std over training seeds) against transitions kept:
     one panel per part of the study in ``table`` (training-free or retrained, fine-tuned or not, and
     the cache it decided with), ``columns`` panels a row, one colour per strategy in every panel,
-    ``random`` grey, ``recommended`` drawn thick, the full context at 100%.
+    ``random`` grey, ``recommended`` drawn thick, the full context at 100%. Each strategy's points are
+    shifted by ``dodge`` octaves from the next one's, so equal cells (``profile`` building ``h2o``) and
+    overlapping error bars stay apart; the ticks mark the budgets.
 
     ``table``: shares over training seeds, as :func:`adkit.study.summaries.over_seeds` gives them (or
     as saved to CSV).
@@ -222,6 +225,7 @@ def plot_shares_over_seeds(table: pd.DataFrame, recommended: str | None = None, 
     cells = table[~table["compressor"].isin(BASELINES)]
     parts = list(cells.groupby(PART, sort=False))
     colors = _colors(list(dict.fromkeys(cells["compressor"])))
+    shift = {name: 2 ** (dodge * (i - (len(colors) - 1) / 2)) for i, name in enumerate(colors)}  # x factor
 
     def style(name: str) -> dict:
         return dict(color=colors[name], marker=STYLE.get(name, {}).get("marker", "o"),
@@ -235,7 +239,7 @@ def plot_shares_over_seeds(table: pd.DataFrame, recommended: str | None = None, 
     for ax, (key, part) in zip(axes.flat, parts):
         for name, g in part.groupby("compressor", sort=False):
             g = g.sort_values("budget")
-            ax.errorbar(g["budget"], 100 * g["mean"], yerr=100 * g["std"].fillna(0.0), capsize=2, ms=4, label=name,
+            ax.errorbar(g["budget"] * shift[name], 100 * g["mean"], yerr=100 * g["std"].fillna(0.0), capsize=2, ms=4, label=name,
                         **style(name))
         ax.axhline(100, color="tab:blue", lw=2, alpha=0.4)
         ax.set_title(part_label(*key), fontsize=10)
