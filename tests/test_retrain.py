@@ -8,7 +8,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from adkit.compress import RULES, make
-from adkit.compress.context import compress_tokens, compress_window, query_attention
+from adkit.compress.context import compress_tokens, compress_window, query_attention, scoring_rows
 from adkit.compress.cost import scoring_flops
 from adkit.config import load_config
 from adkit.data.collect import load_for
@@ -19,7 +19,7 @@ from adkit.model.train import Trainer, samplers, train
 from adkit.run import Run
 from adkit.study import retrained
 from adkit.study.summaries import upgrade_table
-from adkit.study.training_free import training_free_study
+from adkit.study.training_free import profile_note, profile_rule, training_free_study
 
 BUDGETS = (6, 3)
 STUDY = {"retrain_compressors": ["recency", "attention"], "steps": 4, "episodes": 2, "seeds": 1, "decisions": 2}
@@ -200,6 +200,16 @@ def test_results_join_both_modes_and_count_attention_work(run, table):
     assert [p.name for p in paths] == ["results.md", "return_vs_budget_modes.png", "pareto.png",
                                        "attention_compressed.png"]
     assert all(p.stat().st_size > 0 for p in paths)
+
+
+def test_a_training_free_profile_row_is_costed_by_the_rule_it_was_profiled_to():
+    note = "full protocol" + profile_note("heavy", 2)
+    assert profile_rule(note) == {"rule": "heavy", "size": 2} and profile_rule("full protocol") is None
+    assert profile_rule(profile_note("full", None)) == {"rule": "full", "size": None}
+    heavy = retrained.scorer_of("profile", 8, note)
+    assert heavy.needs_attention and scoring_rows(heavy) is None  # H2O: the whole pattern's column sums
+    assert not retrained.scorer_of("profile", 8, profile_note("recent", None)).needs_attention
+    assert retrained.scorer_of("snapkv", 8, "full protocol") is make("snapkv", 8).__class__  # class defaults
 
 
 def test_fine_tuning_starts_from_the_given_runs_weights(tmp_path, run, tiny_hist):

@@ -258,6 +258,14 @@ def retrained_study(run: Run, compressors: Sequence[str] | None = None, budgets:
 # ---- both modes in one table ------------------------------------------------------------------------
 
 
+def scorer_of(name: str, budget: int, note: str):
+    """What decides how a training-free row scored its contexts: the ``profile`` compressor its note
+    records (its rule decides whether it reads attention), else ``name``'s class (its defaults: SnapKV's
+    window)."""
+    rule = training_free.profile_rule(note) if name == "profile" else None
+    return compress.make(name, budget, **rule) if rule else compress.COMPRESSORS[name]
+
+
 def results_table(run: Run) -> pd.DataFrame:
     """``RUN/study/results.csv``: the retrained rows and the training-free rows of the same
     compressors and budgets, in :data:`COLUMNS`.
@@ -274,10 +282,10 @@ def results_table(run: Run) -> pd.DataFrame:
     base = re_df[re_df["compressor"] == "none"]
     if len(tf) and len(base):
         model_cfg = run.cfg.model
-        kinds = {c: compress.COMPRESSORS[c] for c in tf["compressor"]}  # class defaults: SnapKV's window
         n_actions = envs.spec(run.cfg.env.name).n_actions
-        work = [decision_work(model_cfg, n_actions, c, int(b), kinds[c].needs_attention, kv, scoring_rows(kinds[c]))
-                for c, b, kv in zip(tf["compressor"], tf["budget"], tf["kv"])]
+        kinds = [scorer_of(c, int(b), note) for c, b, note in zip(tf["compressor"], tf["budget"], tf["note"])]
+        work = [decision_work(model_cfg, n_actions, c, int(b), kind.needs_attention, kv, scoring_rows(kind))
+                for c, b, kv, kind in zip(tf["compressor"], tf["budget"], tf["kv"], kinds)]
         tf = tf.assign(mode=TRAINING_FREE, init="scratch", train_steps=run.cfg.train.steps,  # the run's model
                        train_step_ms=float(base["train_step_ms"].mean()),
                        train_peak_mem_mb=float(base["train_peak_mem_mb"].mean()),

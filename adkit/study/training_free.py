@@ -54,6 +54,7 @@ rerun computes only the missing ones.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -232,7 +233,7 @@ def run_cell(model, env_name: str, tasks, ref: Reference, name: str, budget: int
         note += "; evicting key/value cache"
 
     if name == "profile":
-        note += f"; rule {ref.extra[name]['rule']}, size {ref.extra[name]['size']}"
+        note += profile_note(**ref.extra[name])
     return {
         "compressor": name, "budget": budget, "kv": BASELINE_KV.get(name, kv), "seed": seed, "mode": MODE,
         "backend": "cache" if name == "none" or kv == "evict" else "recompute",
@@ -245,6 +246,18 @@ def run_cell(model, env_name: str, tasks, ref: Reference, name: str, budget: int
         "contexts": len(pick), "context_tokens": tokens,
         "rollout_step_ms": 1000 * res.seconds / res.steps, "decision_ms": ms, "peak_mem_mb": mb, "note": note,
     }
+
+
+def profile_note(rule: str, size: int | None) -> str:
+    """What a ``profile`` row's note adds: the rule and size it was profiled to (:func:`profile_rule` reads it)."""
+    return f"; rule {rule}, size {size}"
+
+
+def profile_rule(note: str) -> dict | None:
+    """``rule`` and ``size`` of the ``profile`` compressor a row's ``note`` records (:func:`profile_note`),
+    or None for a note without them."""
+    found = re.search(r"; rule (\w+), size (\w+)", note)
+    return found and {"rule": found[1], "size": None if found[2] == "None" else int(found[2])}
 
 
 # ---- the study --------------------------------------------------------------------------------------
