@@ -322,7 +322,8 @@ def test_shares_over_seeds_draw_mean_and_sample_std_per_part(tmp_path):
     bars = {c.get_label(): c for c in left.containers}
     assert set(bars) == {"random", "recency"}  # the full context is the 100% line, not a strategy
     line, _, (err,) = bars["random"]
-    assert list(line.get_xdata()) == pytest.approx([4, 8], rel=0.01) and list(line.get_ydata()) == pytest.approx([30.0, 60.0])
+    assert list(line.get_xdata()) == pytest.approx([4, 8], rel=0.01)
+    assert list(line.get_ydata()) == pytest.approx([30.0, 60.0])
     at_8 = sorted([line.get_xdata()[1], bars["recency"][0].get_xdata()[0]])
     assert at_8[1] / at_8[0] == pytest.approx(2 ** 0.025)  # dodged apart, by 0.025 octaves
     assert [seg[1, 1] - seg[0, 1] for seg in err.get_segments()] == pytest.approx([20.0, 20.0])  # 2 x std (ddof=1)

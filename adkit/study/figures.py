@@ -239,8 +239,8 @@ def plot_shares_over_seeds(table: pd.DataFrame, recommended: str | None = None, 
     for ax, (key, part) in zip(axes.flat, parts):
         for name, g in part.groupby("compressor", sort=False):
             g = g.sort_values("budget")
-            ax.errorbar(g["budget"] * shift[name], 100 * g["mean"], yerr=100 * g["std"].fillna(0.0), capsize=2, ms=4, label=name,
-                        **style(name))
+            ax.errorbar(g["budget"] * shift[name], 100 * g["mean"], yerr=100 * g["std"].fillna(0.0), capsize=2, ms=4,
+                        label=name, **style(name))
         ax.axhline(100, color="tab:blue", lw=2, alpha=0.4)
         ax.set_title(part_label(*key), fontsize=10)
         budgets = sorted(set(part["budget"]))
