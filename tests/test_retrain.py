@@ -209,6 +209,7 @@ def test_a_training_free_profile_row_is_costed_by_the_rule_it_was_profiled_to():
     heavy = retrained.scorer_of("profile", 8, note)
     assert heavy.needs_attention and scoring_rows(heavy) is None  # H2O: the whole pattern's column sums
     assert not retrained.scorer_of("profile", 8, profile_note("recent", None)).needs_attention
+    assert retrained.scorer_of("profile", 8, float("nan")) is make("profile", 8, rule="full").__class__  # no note
     assert retrained.scorer_of("snapkv", 8, "full protocol") is make("snapkv", 8).__class__  # class defaults
 
 

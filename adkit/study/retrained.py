@@ -262,7 +262,7 @@ def scorer_of(name: str, budget: int, note: str):
     """What decides how a training-free row scored its contexts: the ``profile`` compressor its note
     records (its rule decides whether it reads attention), else ``name``'s class (its defaults: SnapKV's
     window)."""
-    rule = training_free.profile_rule(note) if name == "profile" else None
+    rule = training_free.profile_rule(str(note)) if name == "profile" else None  # str: a missing note reads NaN
     return compress.make(name, budget, **rule) if rule else compress.COMPRESSORS[name]
 
 
