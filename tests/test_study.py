@@ -308,6 +308,8 @@ def test_shares_over_seeds_draw_mean_and_sample_std_per_part(tmp_path):
             for c, b, shares in (("random", 8, [0.5, 0.7, 0.6]), ("random", 4, [0.2, 0.4, 0.3]),
                                  ("recency", 8, [0.9, 1.0, 1.1]), ("none", 16, [1.0, 1.0, 1.0]))
             for s, v in enumerate(shares)]
+    rows += [dict(compressor="h2o", budget=8, mode="training-free", kv="evict", init=None, train_seed=s, share=0.8)
+             for s in range(3)]  # in one panel only
     table = over_seeds(pd.DataFrame(rows))
     cell = table[table["fine_tuned"] & (table["compressor"] == "random") & (table["budget"] == 4)]
     assert cell[["seeds", "mean", "std", "low", "high"]].values.tolist() == [pytest.approx([3, 0.3, 0.1, 0.2, 0.4])]
@@ -320,12 +322,14 @@ def test_shares_over_seeds_draw_mean_and_sample_std_per_part(tmp_path):
     assert [left.get_title(), right.get_title(), scratch.get_title()] == [
         "training-free, kv: evict", "retrained (fine-tuned), kv: evict", "retrained (from scratch), kv: evict"]
     bars = {c.get_label(): c for c in left.containers}
-    assert set(bars) == {"random", "recency"}  # the full context is the 100% line, not a strategy
+    assert set(bars) == {"random", "recency", "h2o"}  # the full context is the 100% line, not a strategy
     line, _, (err,) = bars["random"]
-    assert list(line.get_xdata()) == pytest.approx([4, 8], rel=0.01)
+    assert list(line.get_xdata()) == pytest.approx([4, 8], rel=0.02)  # within the dodge
     assert list(line.get_ydata()) == pytest.approx([30.0, 60.0])
-    at_8 = sorted([line.get_xdata()[1], bars["recency"][0].get_xdata()[0]])
-    assert at_8[1] / at_8[0] == pytest.approx(2 ** 0.025)  # dodged apart, by 0.025 octaves
+    at_8 = sorted([line.get_xdata()[1], bars["recency"][0].get_xdata()[0], bars["h2o"][0].get_xdata()[0]])
+    assert [at_8[1] / at_8[0], at_8[2] / at_8[1], at_8[1]] == pytest.approx([2 ** 0.025, 2 ** 0.025, 8])  # dodged
+    pair = sorted(c[0].get_xdata()[-1] for c in scratch.containers)  # two strategies there: centred on the budget
+    assert [pair[1] / pair[0], pair[0] * pair[1]] == pytest.approx([2 ** 0.025, 64])
     assert [seg[1, 1] - seg[0, 1] for seg in err.get_segments()] == pytest.approx([20.0, 20.0])  # 2 x std (ddof=1)
     assert bars["recency"][0].get_linewidth() > line.get_linewidth()  # the recommended one stands out
     assert "(recommended)" in " ".join(t.get_text() for t in scratch.get_legend().get_texts())
@@ -335,7 +339,7 @@ def test_shares_over_seeds_draw_mean_and_sample_std_per_part(tmp_path):
     assert [ax.get_visible() for ax in wrapped.axes] == [True, True, True, False]
     assert [wrapped.axes[i].get_title() for i in (0, 2)] == ["training-free, kv: evict",
                                                             "retrained (from scratch), kv: evict"]
-    assert len(wrapped.axes[0].containers) == 2  # the older table's cells are drawn
+    assert len(wrapped.axes[0].containers) == 3  # the older table's cells are drawn
 
 
 def test_shares_by_budget_are_a_strategy_by_budget_table_per_part():

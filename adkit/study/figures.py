@@ -215,8 +215,8 @@ def plot_shares_over_seeds(table: pd.DataFrame, recommended: str | None = None, 
     one panel per part of the study in ``table`` (training-free or retrained, fine-tuned or not, and
     the cache it decided with), ``columns`` panels a row, one colour per strategy in every panel,
     ``random`` grey, ``recommended`` drawn thick, the full context at 100%. Each strategy's points are
-    shifted by ``dodge`` octaves from the next one's, so equal cells (``profile`` building ``h2o``) and
-    overlapping error bars stay apart; the ticks mark the budgets.
+    shifted by ``dodge`` octaves from the next one's in its panel, centred on the budget, so equal cells
+    (``profile`` building ``h2o``) and overlapping error bars stay apart; the ticks mark the budgets.
 
     ``table``: shares over training seeds, as :func:`adkit.study.summaries.over_seeds` gives them (or
     as saved to CSV).
@@ -225,7 +225,6 @@ def plot_shares_over_seeds(table: pd.DataFrame, recommended: str | None = None, 
     cells = table[~table["compressor"].isin(BASELINES)]
     parts = list(cells.groupby(PART, sort=False))
     colors = _colors(list(dict.fromkeys(cells["compressor"])))
-    shift = {name: 2 ** (dodge * (i - (len(colors) - 1) / 2)) for i, name in enumerate(colors)}  # x factor
 
     def style(name: str) -> dict:
         return dict(color=colors[name], marker=STYLE.get(name, {}).get("marker", "o"),
@@ -237,6 +236,8 @@ def plot_shares_over_seeds(table: pd.DataFrame, recommended: str | None = None, 
     for ax in axes.flat[len(parts):]:
         ax.set_visible(False)
     for ax, (key, part) in zip(axes.flat, parts):
+        names = [n for n in colors if n in set(part["compressor"])]
+        shift = {n: 2 ** (dodge * (i - (len(names) - 1) / 2)) for i, n in enumerate(names)}  # x factor
         for name, g in part.groupby("compressor", sort=False):
             g = g.sort_values("budget")
             ax.errorbar(g["budget"] * shift[name], 100 * g["mean"], yerr=100 * g["std"].fillna(0.0), capsize=2, ms=4,
