@@ -1,5 +1,6 @@
 # Three entry points, each installing what it needs on first use (a project-local .venv):
 #   make demo   the five notebooks headless on the demo profile, then figs/REPORT.md
+#               (PROFILE=NAME another profile; SET="SECTION.FIELD=VALUE ..." overrides, as adkit --set)
 #   make test   the test suite (make test-fast skips the slow end-to-end runs; make test-browser
 #               opens notebooks in JupyterLab in headless Chromium)
 #   make lab    JupyterLab on the notebooks, in the project's environment
@@ -12,6 +13,7 @@ STAMP := $(VENV)/.adkit-installed
 TEST_STAMP := $(VENV)/.adkit-test-installed
 PROFILE ?= demo
 RUN ?= runs/$(PROFILE)
+SET ?=
 CHROMIUM ?= /usr/bin/chromium
 
 .PHONY: demo test test-fast test-browser lab install clean-runs
@@ -31,7 +33,7 @@ $(TEST_STAMP): $(STAMP)  # and what the tests need
 	touch $(TEST_STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/adkit demo --profile $(PROFILE) --run-dir $(RUN)
+	$(VENV)/bin/adkit demo --profile $(PROFILE) --run-dir $(RUN) $(if $(SET),--set $(SET))
 
 lab: $(STAMP)  # the kernel starts in notebooks/; paths resolve against the project all the same
 	cd notebooks && $(abspath $(VENV))/bin/jupyter lab --ip 127.0.0.1 $$([ "$$(id -u)" = 0 ] && echo --allow-root)
